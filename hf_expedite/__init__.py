@@ -1,0 +1,23 @@
+"""hf_expedite: Expedite (token clustering + reconstruction) for Hugging Face vision transformers.
+
+Importing the package registers every ``expedited_*`` model type with transformers' Auto classes.
+"""
+
+from .models import *  # noqa: F403
+from .models import __all__ as _model_classes
+from .ops import TokenReconstruction, cluster_tokens
+from .presets import get_preset, list_presets
+from .settings import ExpediteSettings, WindowedExpediteSettings, expedite_settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    *_model_classes,
+    "ExpediteSettings",
+    "TokenReconstruction",
+    "WindowedExpediteSettings",
+    "cluster_tokens",
+    "expedite_settings",
+    "get_preset",
+    "list_presets",
+]

@@ -1,0 +1,39 @@
+"""One clustering point: cluster patch tokens with a config's settings and prepare their reconstruction."""
+
+from __future__ import annotations
+
+import torch
+
+from .ops.clustering import check_grids, cluster_tokens
+from .ops.reconstruction import TokenReconstruction
+from .settings import ExpediteSettings, cluster_grid
+
+
+def cluster_with_settings(
+    tokens: torch.Tensor, grid: tuple[int, int], config: ExpediteSettings, clusters: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, TokenReconstruction]:
+    """Cluster ``(B, N, C)`` patch tokens on ``grid``; return the ``(B, M, C)`` centres and their reconstruction.
+
+    The cluster grid is ``clusters`` when given (Swin windows), else the config's ``num_clusters`` or
+    ``cluster_ratio`` applied to ``grid``. The reconstruction weights are computed here, once, from the tokens and the
+    centres at this point.
+    """
+    clusters = clusters or cluster_grid(config, grid)
+    check_grids(grid, clusters)
+    centres = cluster_tokens(
+        tokens,
+        grid,
+        clusters,
+        iterations=config.clustering_iterations,
+        temperature=config.clustering_temperature,
+        window_size=config.clustering_window_size,
+    )
+    reconstruction = TokenReconstruction.from_clustering(
+        tokens,
+        centres,
+        k=config.reconstruction_k,
+        temperature=config.reconstruction_temperature,
+        normalization=config.reconstruction_normalization,
+        mode=config.reconstruction_mode,
+    )
+    return centres, reconstruction

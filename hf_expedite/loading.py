@@ -1,0 +1,39 @@
+"""Loading guard shared by the expedited models: a supported checkpoint must load without missing encoder weights.
+
+transformers only *reports* missing and unexpected keys. For an expedited class that would mean an encoder left at
+random initialisation whenever a weight-name conversion is not mirrored, so the expedited classes raise instead.
+Head weights (classifier, pooler, ...) may still be missing or unexpected exactly as with the vanilla classes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_ENCODER_KEY = re.compile(r"(^|\.)(embeddings|encoder|layers?|blocks|stages|backbone)\.")
+
+
+def encoder_keys(keys: Any) -> list[str]:
+    """The keys among ``keys`` that belong to an embedding or encoder block."""
+    return sorted(k for k in keys if _ENCODER_KEY.search(k))
+
+
+class StrictLoadingMixin:
+    """``from_pretrained`` that raises when encoder weights are missing or left unused."""
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        return_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing, unexpected = encoder_keys(info["missing_keys"]), encoder_keys(info["unexpected_keys"])
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{cls.__name__} could not load the encoder weights of this checkpoint (the weights would be left "
+                f"random): {len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. "
+                f"{unexpected[:3]}. The checkpoint layout is not supported by this class."
+            )
+        return (model, info) if return_info else model
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoModel") -> None:
+        """No-op: expedited classes are shared through the ``hf_expedite`` package, not copied into repositories."""

@@ -1,0 +1,205 @@
+"""Token clustering: N patch tokens on an H x W grid -> M = h x w cluster centres.
+
+Spatially constrained soft k-means (``expedite-algorithm.md`` section 1):
+
+1. initial centres are the adaptive average pooling of the token map to ``h x w``;
+2. every token has a *home* cell on the cluster grid (nearest-neighbour upsampling of the cluster-grid labels, exactly
+   as ``F.interpolate(mode="nearest")`` maps them) and may only join the clusters within ``window_size // 2`` cells of
+   it (clipped at the border, no wrap-around);
+3. ``iterations`` times: squared distances to the candidate centres, ``softmax(-d / temperature)`` over the candidates
+   of each token, and every centre becomes the assignment-weighted mean of its tokens.
+
+:func:`cluster_tokens` is the local (sparse) formulation the models run: per token only its ``window_size**2``
+candidate centres are touched, so the cost grows as ``N * window_size**2`` instead of ``N * M``.
+:func:`cluster_tokens_dense` is the masked ``(B, M, N)`` formulation of the paper, kept as a reference for tests.
+All maths runs in float32 without autograd; the centres come back in the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+def check_grids(grid: tuple[int, int], cluster_grid: tuple[int, int]) -> None:
+    """Raise a ``ValueError`` unless ``cluster_grid`` is a non-empty grid no larger than ``grid`` along each side."""
+    (height, width), (rows, cols) = grid, cluster_grid
+    if rows < 1 or cols < 1:
+        raise ValueError(f"The cluster grid must have at least one cell per side, got {rows} x {cols}.")
+    if rows > height or cols > width:
+        raise ValueError(
+            f"The cluster grid {rows} x {cols} is larger than the token grid {height} x {width}: clustering can only "
+            "reduce the number of tokens. Use a smaller `num_clusters` or `cluster_ratio`, or a larger input."
+        )
+
+
+def home_cells(grid: tuple[int, int], cluster_grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+    """The home cluster cell (row-major index into ``cluster_grid``) of every token of ``grid``, as int64 ``(N,)``.
+
+    Computed with ``F.interpolate(mode="nearest")`` on the label grid, the rule of the official code (it differs from
+    ``(y * h) // H`` for a few sizes); labels are exact integers in float64 and returned as int64.
+    """
+    rows, cols = cluster_grid
+    labels = torch.arange(rows * cols, dtype=torch.float64, device=device).view(1, 1, rows, cols)
+    return F.interpolate(labels, size=grid, mode="nearest").view(-1).long()
+
+
+class LocalLayout(NamedTuple):
+    """Token/centre tiling that lets the local clustering run as small dense matrix products.
+
+    The cluster grid is cut into square tiles of ``tile`` cells. The tokens whose home cell lies in a tile form a
+    rectangular block of the token map, and all their candidate clusters lie in the tile grown by the window radius.
+    Each tile therefore needs one ``(tokens_per_tile x region) @ (region x C)`` product, and the total cost grows as
+    ``N * (tile + window - 1)**2``, i.e. as ``N * window**2`` for ``tile ~ window``.
+    """
+
+    tile_tokens: torch.Tensor  # (T, n) token index per tile slot; N marks an empty slot
+    tile_centres: torch.Tensor  # (T, m) cluster index per region slot; M marks a slot outside the grid
+    allowed: torch.Tensor  # (T, n, m) token may join that cluster (locality window, inside the grid)
+    token_valid: torch.Tensor  # (T, n) slot holds a real token
+
+
+def _axis_tiles(size: int, cells: int, tile: int, radius: int, home: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per tile along one axis: token positions (with validity) and cluster positions of its grown region."""
+    num_tiles = -(-cells // tile)
+    tile_of_token = home // tile
+    counts = torch.bincount(tile_of_token, minlength=num_tiles)
+    starts = torch.cumsum(counts, 0) - counts
+    span = int(counts.max())
+    slots = torch.arange(span, device=home.device)
+    token_pos = starts[:, None] + slots[None, :]
+    token_ok = slots[None, :] < counts[:, None]
+    token_pos = token_pos.clamp(max=size - 1)
+    cell_pos = torch.arange(num_tiles, device=home.device)[:, None] * tile - radius
+    cell_pos = cell_pos + torch.arange(tile + 2 * radius, device=home.device)[None, :]
+    return token_pos, token_ok, home[token_pos], cell_pos
+
+
+def local_layout(
+    grid: tuple[int, int], cluster_grid: tuple[int, int], window_size: int, device: torch.device | None = None
+) -> LocalLayout:
+    """Tiling of ``grid`` / ``cluster_grid`` for :func:`cluster_tokens` (see :class:`LocalLayout`)."""
+    (height, width), (rows, cols) = grid, cluster_grid
+    radius = window_size // 2
+    tile, region_radius = max(window_size - 1, 1), radius
+    if tile + 2 * radius >= max(rows, cols):  # the grown region covers the grid: one tile, i.e. the dense form
+        tile, region_radius = max(rows, cols), 0
+    home_rows = home_cells((height, 1), (rows, 1), device)
+    home_cols = home_cells((1, width), (1, cols), device)
+    y, y_ok, y_home, cell_y = _axis_tiles(height, rows, tile, region_radius, home_rows)
+    x, x_ok, x_home, cell_x = _axis_tiles(width, cols, tile, region_radius, home_cols)
+    tiles_y, tiles_x = y.shape[0], x.shape[0]
+    # token slots: (Ty, Tx, ny, nx)
+    token_ok = y_ok[:, None, :, None] & x_ok[None, :, None, :]
+    tile_tokens = (y[:, None, :, None] * width + x[None, :, None, :]).masked_fill(~token_ok, height * width)
+    # region slots: (Ty, Tx, my, mx)
+    cell_ok = ((cell_y >= 0) & (cell_y < rows))[:, None, :, None] & ((cell_x >= 0) & (cell_x < cols))[None, :, None, :]
+    tile_centres = (cell_y[:, None, :, None] * cols + cell_x[None, :, None, :]).masked_fill(~cell_ok, rows * cols)
+    near_y = (y_home[:, :, None] - cell_y[:, None, :]).abs() <= radius  # (Ty, ny, my)
+    near_x = (x_home[:, :, None] - cell_x[:, None, :]).abs() <= radius  # (Tx, nx, mx)
+    allowed = near_y[:, None, :, None, :, None] & near_x[None, :, None, :, None, :]  # (Ty, Tx, ny, nx, my, mx)
+    allowed = allowed & cell_ok[:, :, None, None] & token_ok[..., None, None]
+    num_tiles = tiles_y * tiles_x
+    n, m = token_ok.shape[2] * token_ok.shape[3], tile_centres.shape[2] * tile_centres.shape[3]
+    return LocalLayout(
+        tile_tokens.reshape(num_tiles, n),
+        tile_centres.reshape(num_tiles, m),
+        allowed.reshape(num_tiles, n, m),
+        token_ok.reshape(num_tiles, n),
+    )
+
+
+def initial_centres(tokens: torch.Tensor, grid: tuple[int, int], cluster_grid: tuple[int, int]) -> torch.Tensor:
+    """Adaptive average pooling of the ``(B, N, C)`` token map to ``(B, M, C)`` centres."""
+    batch, _, channels = tokens.shape
+    token_map = tokens.transpose(1, 2).reshape(batch, channels, *grid)
+    return F.adaptive_avg_pool2d(token_map, cluster_grid).flatten(2).transpose(1, 2)
+
+
+def _centred(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens in (at least) float32 minus their per-item mean, and that mean.
+
+    Distances do not change under a common shift, and removing it keeps the expanded form
+    ``|x|^2 + |s|^2 - 2<x, s>`` accurate for the large common components of transformer residual streams.
+    """
+    x = tokens.to(torch.promote_types(tokens.dtype, torch.float32))
+    shift = x.mean(1, keepdim=True)
+    return x - shift, shift
+
+
+def _check_inputs(tokens: torch.Tensor, grid: tuple[int, int], cluster_grid: tuple[int, int], window_size: int) -> None:
+    if tokens.dim() != 3 or tokens.shape[1] != grid[0] * grid[1]:
+        raise ValueError(f"Expected (batch, {grid[0]}*{grid[1]}, channels) tokens, got shape {tuple(tokens.shape)}.")
+    if window_size < 1 or window_size % 2 == 0:
+        raise ValueError(f"`clustering_window_size` must be a positive odd number, got {window_size}.")
+    check_grids(grid, cluster_grid)
+
+
+@torch.no_grad()
+def cluster_tokens(
+    tokens: torch.Tensor,
+    grid: tuple[int, int],
+    cluster_grid: tuple[int, int],
+    iterations: int = 5,
+    temperature: float = 1.0,
+    window_size: int = 5,
+) -> torch.Tensor:
+    """Cluster ``(B, N, C)`` patch tokens on ``grid`` into ``(B, M, C)`` centres on ``cluster_grid`` (local form).
+
+    Args:
+        tokens: patch tokens only (no CLS/register tokens), row-major over ``grid``.
+        grid: token grid ``(H, W)`` with ``H * W == N``.
+        cluster_grid: cluster grid ``(h, w)``, at most ``grid`` along each side.
+        iterations: EM iterations (kappa); 0 returns the adaptive average pooling.
+        temperature: divisor of the negative squared distance in the softmax over clusters.
+        window_size: odd locality window, in cluster-grid cells.
+    """
+    _check_inputs(tokens, grid, cluster_grid, window_size)
+    x, shift = _centred(tokens)
+    centres = initial_centres(x, grid, cluster_grid)
+    batch, num_clusters, channels = centres.shape
+    layout = local_layout(grid, cluster_grid, window_size, x.device)
+    # Tokens never change: gather them into tiles once. Index N / M are zero rows that stand for empty slots.
+    x_tiles = torch.cat([x, x.new_zeros(batch, 1, channels)], 1)[:, layout.tile_tokens]  # (B, T, n, C)
+    x_sq = x_tiles.square().sum(-1, keepdim=True)
+    token_weight = layout.token_valid.to(x.dtype)[..., None]
+    flat_centres = layout.tile_centres.reshape(-1)
+    for _ in range(iterations):
+        region = torch.cat([centres, centres.new_zeros(batch, 1, channels)], 1)[:, layout.tile_centres]  # (B, T, m, C)
+        dist = x_sq + region.square().sum(-1)[:, :, None, :] - 2 * x_tiles @ region.transpose(-1, -2)
+        assign = torch.softmax(-dist.masked_fill(~layout.allowed, math.inf) / temperature, dim=-1)
+        assign = torch.nan_to_num(assign) * token_weight  # empty slots have no allowed cluster (NaN row) -> 0
+        numerator = x.new_zeros(batch, num_clusters + 1, channels)
+        numerator.index_add_(1, flat_centres, (assign.transpose(-1, -2) @ x_tiles).flatten(1, 2))
+        denominator = x.new_zeros(batch, num_clusters + 1).index_add_(1, flat_centres, assign.sum(-2).flatten(1))
+        centres = (numerator / denominator.clamp_min(1e-16)[..., None])[:, :num_clusters]
+    return (centres + shift).to(tokens.dtype)
+
+
+@torch.no_grad()
+def cluster_tokens_dense(
+    tokens: torch.Tensor,
+    grid: tuple[int, int],
+    cluster_grid: tuple[int, int],
+    iterations: int = 5,
+    temperature: float = 1.0,
+    window_size: int = 5,
+) -> torch.Tensor:
+    """Reference implementation of :func:`cluster_tokens` with dense ``(B, M, N)`` masked distances (for tests)."""
+    _check_inputs(tokens, grid, cluster_grid, window_size)
+    x, shift = _centred(tokens)
+    centres = initial_centres(x, grid, cluster_grid)
+    rows, cols = cluster_grid
+    home = home_cells(grid, cluster_grid, x.device)
+    cluster_ids = torch.arange(rows * cols, device=x.device)
+    radius = window_size // 2
+    allowed = ((home[None, :] // cols - cluster_ids[:, None] // cols).abs() <= radius) & (
+        (home[None, :] % cols - cluster_ids[:, None] % cols).abs() <= radius
+    )
+    for _ in range(iterations):
+        dist = centres.square().sum(-1)[..., None] + x.square().sum(-1)[:, None, :] - 2 * centres @ x.transpose(1, 2)
+        assign = torch.softmax(-dist.masked_fill(~allowed, math.inf) / temperature, dim=1)
+        centres = assign @ x / assign.sum(-1, keepdim=True).clamp_min(1e-16)
+    return (centres + shift).to(tokens.dtype)

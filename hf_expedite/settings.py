@@ -1,0 +1,150 @@
+"""The Expedite settings shared by every expedited config, and their validation.
+
+The fields are declared once, on dataclass mixins that the expedited configs inherit next to their transformers
+parent (``class ExpeditedViTConfig(ExpediteSettings, ViTConfig)``). Their names and meaning are fixed by DESIGN.md.
+Fields left at ``None`` are filled from the architecture's default preset when the config is built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+_MODES = ("knn", "hard")
+_NORMALIZATIONS = ("l1", "l2")
+
+
+@dataclass(kw_only=True)
+class ExpediteSettings:
+    """Fields of every expedited config (see the table in the README)."""
+
+    expedite: bool = True
+    clustering_location: int | None = None
+    num_clusters: list[int] | tuple[int, int] | None = None
+    cluster_ratio: float | None = None
+    clustering_iterations: int = 5
+    clustering_temperature: float | int | None = None
+    clustering_window_size: int = 5
+    reconstruction_location: int | None = None
+    reconstruction_k: int = 20
+    reconstruction_temperature: float | int | None = None
+    reconstruction_normalization: str = "l1"
+    reconstruction_mode: str = "knn"
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """Build the config with setting kwargs applied *before* defaults and validation run.
+
+        transformers sets extra ``from_pretrained`` kwargs on the finished config, which would skip validation.
+        Choosing ``num_clusters`` or ``cluster_ratio`` replaces the saved choice of the other.
+        """
+        names = setting_names(issubclass(cls, WindowedExpediteSettings))
+        overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+        config_dict = dict(config_dict)
+        if overrides.keys() & {"num_clusters", "cluster_ratio"}:
+            config_dict.pop("num_clusters", None)
+            config_dict.pop("cluster_ratio", None)
+        config_dict.update(overrides)
+        return super().from_dict(config_dict, **kwargs)
+
+
+@dataclass(kw_only=True)
+class WindowedExpediteSettings(ExpediteSettings):
+    """Fields of the expedited Swin-style configs, which cluster inside each attention window."""
+
+    clustered_window_size: int | None = None
+    official_shift_mask: bool = False
+
+
+def setting_names(windowed: bool = True) -> tuple[str, ...]:
+    """Names of the Expedite settings (with the Swin-only ones when ``windowed``)."""
+    return tuple(f.name for f in fields(WindowedExpediteSettings if windowed else ExpediteSettings))
+
+
+def expedite_settings(config: Any) -> dict[str, Any]:
+    """The Expedite settings of an expedited config, as a plain dict."""
+    windowed = isinstance(config, WindowedExpediteSettings)
+    return {name: getattr(config, name) for name in setting_names(windowed)}
+
+
+def fill_defaults(config: ExpediteSettings, defaults: dict[str, Any]) -> None:
+    """Set every setting of ``config`` that is still ``None`` from ``defaults`` (a preset).
+
+    ``num_clusters`` and ``cluster_ratio`` are one choice: a preset's value is only used when neither is set.
+    """
+    grid_chosen = config.num_clusters is not None or config.cluster_ratio is not None
+    for name, value in defaults.items():
+        if name in ("num_clusters", "cluster_ratio") and grid_chosen:
+            continue
+        if getattr(config, name) is None:
+            setattr(config, name, list(value) if isinstance(value, tuple) else value)
+    if isinstance(config.num_clusters, tuple):
+        config.num_clusters = list(config.num_clusters)
+
+
+def _fail(field: str, value: Any, valid: str) -> None:
+    raise ValueError(f"Invalid Expedite setting `{field}={value!r}`: {valid}.")
+
+
+def validate_settings(config: ExpediteSettings, num_blocks: int, unit: str = "encoder blocks") -> None:
+    """Raise a ``ValueError`` naming the field and its valid range for any invalid setting of ``config``.
+
+    ``num_blocks`` is the number of blocks clustering can be placed between (``unit`` names them in messages).
+    """
+    alpha = config.clustering_location
+    if not isinstance(alpha, int) or not 0 <= alpha < num_blocks:
+        _fail("clustering_location", alpha, f"the number of {unit} before clustering must lie in 0..{num_blocks - 1}")
+    recon = config.reconstruction_location
+    if recon is not None and not alpha < recon <= num_blocks:
+        _fail(
+            "reconstruction_location",
+            recon,
+            f"reconstruction must come after clustering (clustering_location={alpha}) and inside the encoder: "
+            f"{alpha + 1}..{num_blocks}, or None for the end",
+        )
+    if config.num_clusters is not None and config.cluster_ratio is not None:
+        raise ValueError(
+            "Set either `num_clusters` (a fixed [h, w] cluster grid) or `cluster_ratio` (a fraction of the token grid "
+            f"per side), not both: got num_clusters={config.num_clusters}, cluster_ratio={config.cluster_ratio}."
+        )
+    if config.num_clusters is None and config.cluster_ratio is None:
+        raise ValueError("One of `num_clusters` or `cluster_ratio` must be set.")
+    if config.num_clusters is not None:
+        grid = config.num_clusters
+        if len(grid) != 2 or any(not isinstance(v, int) or v < 1 for v in grid):
+            _fail("num_clusters", grid, "expected [h, w] with two positive integers")
+        if config.reconstruction_mode == "knn" and not 1 <= config.reconstruction_k <= grid[0] * grid[1]:
+            _fail("reconstruction_k", config.reconstruction_k, f"must lie in 1..{grid[0] * grid[1]} (h * w clusters)")
+    if config.cluster_ratio is not None and not 0 < config.cluster_ratio <= 1:
+        _fail("cluster_ratio", config.cluster_ratio, "the fraction of tokens kept per side must lie in (0, 1]")
+    if config.clustering_iterations < 0:
+        _fail("clustering_iterations", config.clustering_iterations, "must be >= 0")
+    window = config.clustering_window_size
+    if window < 1 or window % 2 == 0:
+        _fail("clustering_window_size", window, "the locality window must be a positive odd number of cluster cells")
+    if config.reconstruction_k < 1:
+        _fail("reconstruction_k", config.reconstruction_k, "must be >= 1")
+    for name in ("clustering_temperature", "reconstruction_temperature"):
+        value = getattr(config, name)
+        if value is None or not math.isfinite(value) or value <= 0:
+            _fail(name, value, "a temperature must be a finite positive number (it divides the distances)")
+    if config.reconstruction_mode not in _MODES:
+        _fail("reconstruction_mode", config.reconstruction_mode, f"expected one of {_MODES}")
+    if config.reconstruction_normalization not in _NORMALIZATIONS:
+        _fail("reconstruction_normalization", config.reconstruction_normalization, f"expected one of {_NORMALIZATIONS}")
+
+
+def cluster_grid(config: ExpediteSettings, grid: tuple[int, int]) -> tuple[int, int]:
+    """The ``(h, w)`` cluster grid for a token grid: ``num_clusters``, or ``cluster_ratio`` of each side (rounded)."""
+    if config.num_clusters is not None:
+        return int(config.num_clusters[0]), int(config.num_clusters[1])
+    return max(1, round(grid[0] * config.cluster_ratio)), max(1, round(grid[1] * config.cluster_ratio))
+
+
+def finalize_settings(config: ExpediteSettings, architecture: str, num_blocks: int, unit: str = "encoder blocks") -> None:
+    """Fill unset settings from the architecture's ``default`` preset, then validate them (``ValueError``)."""
+    from .presets import get_preset
+
+    fill_defaults(config, get_preset(architecture, "default").resolve(config))
+    validate_settings(config, num_blocks, unit)
