@@ -59,6 +59,8 @@ class TokenReconstruction:
 
     weights: torch.Tensor  # (B, N, M), float32 or float64
 
+    PROFILER_SCOPE = "expedite::reconstruction"  # torch.profiler label of every application
+
     @classmethod
     @torch.no_grad()
     def from_clustering(
@@ -89,5 +91,6 @@ class TokenReconstruction:
     def __call__(self, reduced: torch.Tensor) -> torch.Tensor:
         if reduced.shape[1] != self.num_clusters:
             raise ValueError(f"Expected {self.num_clusters} reduced tokens, got shape {tuple(reduced.shape)}.")
-        weights = self.weights.to(reduced.device)
-        return (weights @ reduced.to(weights.dtype)).to(reduced.dtype)
+        with torch.profiler.record_function(self.PROFILER_SCOPE):
+            weights = self.weights.to(reduced.device)
+            return (weights @ reduced.to(weights.dtype)).to(reduced.dtype)
