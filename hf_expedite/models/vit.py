@@ -29,6 +29,11 @@ class ExpeditedViTConfig(ExpediteSettings, ViTConfig):
         finalize_settings(self, "vit", self.num_hidden_layers)
 
 
+def expedite_vit_config(config: ViTConfig, **settings) -> ExpeditedViTConfig:
+    """The expedited version of a ViT config (vanilla or already expedited), with ``settings`` applied."""
+    return ExpeditedViTConfig.from_dict(config.to_dict(), **settings)
+
+
 def token_grid(pixel_values: torch.Tensor, patch_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     """The patch-token grid of an image batch."""
     patch_h, patch_w = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size

@@ -1,0 +1,22 @@
+"""What the benchmark compares: one vanilla model, its expedited counterpart with the same weights, and inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BenchmarkCase:
+    """A side-by-side comparison. ``backbone`` picks the submodule reported on its own (e.g. a Swin backbone)."""
+
+    name: str
+    vanilla: nn.Module
+    expedited: nn.Module
+    inputs: dict[str, torch.Tensor]
+    description: str
+    backbone: Callable[[nn.Module], nn.Module] | None = None
+    notes: str = ""
