@@ -87,7 +87,6 @@ class TokenReconstruction:
     def num_clusters(self) -> int:
         return self.weights.shape[-1]
 
-    @torch.no_grad()
     def __call__(self, reduced: torch.Tensor) -> torch.Tensor:
         if reduced.shape[1] != self.num_clusters:
             raise ValueError(f"Expected {self.num_clusters} reduced tokens, got shape {tuple(reduced.shape)}.")

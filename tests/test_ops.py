@@ -1,0 +1,151 @@
+"""Token clustering and reconstruction (hf_expedite.ops) against the spec's properties and the dense reference."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_expedite.ops import TokenReconstruction, cluster_tokens, cluster_tokens_dense, home_cells
+from hf_expedite.ops.reconstruction import knn_weights
+
+# token grid, cluster grid, window: square, non-square, non-divisible, cluster grid with another aspect ratio
+GRIDS = [
+    ((12, 12), (8, 8), 5),
+    ((10, 16), (6, 8), 3),
+    ((13, 7), (5, 3), 3),
+    ((22, 76), (16, 16), 5),
+    ((30, 40), (28, 28), 5),
+    ((12, 12), (8, 8), 11),
+    ((9, 9), (9, 9), 1),
+]
+
+
+def _tokens(grid, channels=16, batch=2, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, grid[0] * grid[1], channels, generator=generator, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("grid,clusters,window", GRIDS)
+def test_local_clustering_equals_dense_reference_float64(grid, clusters, window):
+    tokens = _tokens(grid, dtype=torch.float64) * 3 + 1
+    local = cluster_tokens(tokens, grid, clusters, iterations=5, temperature=2.0, window_size=window)
+    dense = cluster_tokens_dense(tokens, grid, clusters, iterations=5, temperature=2.0, window_size=window)
+    assert local.dtype == torch.float64
+    torch.testing.assert_close(local, dense, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("grid,clusters,window", GRIDS)
+def test_local_clustering_equals_dense_reference_float32(grid, clusters, window):
+    tokens = _tokens(grid)
+    local = cluster_tokens(tokens, grid, clusters, iterations=5, temperature=8.0, window_size=window)
+    dense = cluster_tokens_dense(tokens, grid, clusters, iterations=5, temperature=8.0, window_size=window)
+    torch.testing.assert_close(local, dense, rtol=0, atol=1e-5)
+
+
+def test_zero_iterations_is_adaptive_average_pooling():
+    grid, clusters = (13, 7), (5, 3)
+    tokens = _tokens(grid)
+    pooled = F.adaptive_avg_pool2d(tokens.transpose(1, 2).reshape(2, 16, *grid), clusters).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(cluster_tokens(tokens, grid, clusters, iterations=0), pooled, rtol=0, atol=1e-6)
+
+
+def test_home_cells_follow_nearest_interpolation_in_int64():
+    # 64 x 64 = 4096 clusters: more than float16 (2048) or bfloat16 (256) can label exactly.
+    home = home_cells((128, 128), (64, 64))
+    assert home.dtype == torch.int64
+    rows, cols = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
+    assert torch.equal(home, ((rows // 2) * 64 + cols // 2).flatten())
+    # 44 -> 26 is a size where nearest interpolation differs from (y * h) // H
+    labels = F.interpolate(torch.arange(26.0).view(1, 1, 26, 1), size=(44, 1), mode="nearest").flatten().long()
+    assert torch.equal(home_cells((44, 1), (26, 1)), labels)
+
+
+def test_identity_grid_reconstructs_the_input():
+    grid = (6, 10)
+    tokens = _tokens(grid, channels=8)
+    centres = cluster_tokens(tokens, grid, grid, iterations=5, temperature=0.01, window_size=3)
+    torch.testing.assert_close(centres, tokens, rtol=0, atol=1e-4)
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, k=4, temperature=0.01)
+    torch.testing.assert_close(reconstruction(centres), tokens, rtol=0, atol=1e-4)
+
+
+def test_constant_map_reconstructs_to_the_constant_with_l1():
+    grid = (8, 8)
+    tokens = torch.full((1, 64, 5), 3.25)
+    centres = cluster_tokens(tokens, grid, (3, 3), iterations=5, temperature=1.0, window_size=3)
+    torch.testing.assert_close(centres, torch.full((1, 9, 5), 3.25))
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, k=5, normalization="l1")
+    torch.testing.assert_close(reconstruction(centres), tokens)
+
+
+def test_each_batch_item_equals_the_item_alone():
+    grid, clusters = (10, 14), (5, 7)
+    tokens = _tokens(grid, batch=3)
+    batched = cluster_tokens(tokens, grid, clusters, temperature=4.0)
+    weights = TokenReconstruction.from_clustering(tokens, batched, k=6, temperature=4.0).weights
+    for item in range(3):
+        alone = cluster_tokens(tokens[item : item + 1], grid, clusters, temperature=4.0)
+        torch.testing.assert_close(batched[item : item + 1], alone, rtol=0, atol=1e-6)
+        alone_weights = TokenReconstruction.from_clustering(tokens[item : item + 1], alone, k=6, temperature=4.0)
+        torch.testing.assert_close(weights[item : item + 1], alone_weights.weights, rtol=0, atol=1e-6)
+
+
+def test_knn_weights_keep_ties_and_normalise():
+    # row 0: the 2nd and 3rd smallest distances tie, so k=2 keeps three entries (the official ">= k-th" rule)
+    distances = torch.tensor([[[0.0, 1.0, 1.0, 5.0], [0.0, 2.0, 4.0, 8.0]]])
+    l1 = knn_weights(distances, k=2, temperature=1.0, normalization="l1")
+    assert (l1[0, 0] > 0).tolist() == [True, True, True, False]
+    assert (l1[0, 1] > 0).tolist() == [True, True, False, False]
+    torch.testing.assert_close(l1.sum(-1), torch.ones(1, 2))
+    expected = torch.tensor([1.0, torch.exp(torch.tensor(-2.0))])
+    torch.testing.assert_close(l1[0, 1, :2], expected / expected.sum())
+    l2 = knn_weights(distances, k=2, temperature=1.0, normalization="l2")
+    torch.testing.assert_close(l2.square().sum(-1), torch.ones(1, 2))
+
+
+def test_hard_mode_copies_the_nearest_centre():
+    tokens = torch.tensor([[[0.0, 0.0], [0.9, 1.0], [5.0, 5.0]]])
+    centres = torch.tensor([[[1.0, 1.0], [5.0, 4.0]]])
+    refined = torch.tensor([[[10.0], [20.0]]])
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, mode="hard")
+    assert reconstruction(refined).flatten().tolist() == [10.0, 10.0, 20.0]
+
+
+def test_far_tokens_never_become_zero_vectors():
+    # exp(-d / t) underflows for every cluster here; the official code would output zero tokens
+    tokens = torch.tensor([[[1000.0, 0.0], [0.0, -1000.0]]])
+    centres = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, k=2, temperature=0.01)
+    assert torch.equal(reconstruction(centres), torch.tensor([[[1.0, 0.0], [1.0, 0.0]]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_with_large_norms(dtype):
+    grid, clusters = (16, 16), (10, 10)
+    tokens = (_tokens(grid, channels=64, batch=1) * 40 + 200).to(dtype)  # |x|^2 ~ 3e6 overflows float16
+    centres = cluster_tokens(tokens, grid, clusters, temperature=500.0)
+    assert centres.dtype == dtype and torch.isfinite(centres).all()
+    reference = cluster_tokens(tokens.float(), grid, clusters, temperature=500.0)
+    torch.testing.assert_close(centres.float(), reference, rtol=1e-2, atol=0.5)
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, k=20, temperature=500.0)
+    restored = reconstruction(centres)
+    assert restored.dtype == dtype and restored.shape == tokens.shape and torch.isfinite(restored).all()
+    expected = TokenReconstruction.from_clustering(tokens.float(), centres.float(), k=20, temperature=500.0)
+    torch.testing.assert_close(restored.float(), expected(centres.float()), rtol=1e-2, atol=0.5)
+
+
+def test_no_gradient_is_recorded():
+    tokens = _tokens((6, 6)).requires_grad_()
+    centres = cluster_tokens(tokens, (6, 6), (3, 3))
+    assert not centres.requires_grad
+
+
+def test_invalid_inputs_raise():
+    tokens = _tokens((6, 6))
+    with pytest.raises(ValueError, match="larger than the token grid"):
+        cluster_tokens(tokens, (6, 6), (7, 3))
+    with pytest.raises(ValueError, match="odd"):
+        cluster_tokens(tokens, (6, 6), (3, 3), window_size=4)
+    with pytest.raises(ValueError, match="reconstruction_k"):
+        TokenReconstruction.from_clustering(tokens, tokens[:, :4], k=5)
+    with pytest.raises(ValueError, match="reconstruction_mode"):
+        TokenReconstruction.from_clustering(tokens, tokens[:, :4], k=2, mode="soft")
