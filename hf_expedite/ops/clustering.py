@@ -161,20 +161,25 @@ def cluster_tokens(
     centres = initial_centres(x, grid, cluster_grid)
     batch, num_clusters, channels = centres.shape
     layout = local_layout(grid, cluster_grid, window_size, x.device)
-    # Tokens never change: gather them into tiles once. Index N / M are zero rows that stand for empty slots.
-    x_tiles = torch.cat([x, x.new_zeros(batch, 1, channels)], 1)[:, layout.tile_tokens]  # (B, T, n, C)
-    x_sq = x_tiles.square().sum(-1, keepdim=True)
+    # Row N of the tokens and row M of the centres are zeros that stand for empty tile slots. Empty slots get no
+    # assignment, so the extra centre row stays zero through the updates.
+    x = torch.cat([x, x.new_zeros(batch, 1, channels)], 1)
+    centres = torch.cat([centres, centres.new_zeros(batch, 1, channels)], 1)
+    x_tiles = x[:, layout.tile_tokens]  # (B, T, n, C): tokens never change, gather them once
+    x_sq = x.square().sum(-1)[:, layout.tile_tokens, None]
     token_weight = layout.token_valid.to(x.dtype)[..., None]
     flat_centres = layout.tile_centres.reshape(-1)
     for _ in range(iterations):
-        region = torch.cat([centres, centres.new_zeros(batch, 1, channels)], 1)[:, layout.tile_centres]  # (B, T, m, C)
-        dist = x_sq + region.square().sum(-1)[:, :, None, :] - 2 * x_tiles @ region.transpose(-1, -2)
+        region = centres[:, layout.tile_centres]  # (B, T, m, C)
+        region_sq = centres.square().sum(-1)[:, layout.tile_centres]
+        dist = x_sq + region_sq[:, :, None, :] - 2 * x_tiles @ region.transpose(-1, -2)
         assign = torch.softmax(-dist.masked_fill(~layout.allowed, math.inf) / temperature, dim=-1)
         assign = torch.nan_to_num(assign) * token_weight  # empty slots have no allowed cluster (NaN row) -> 0
         numerator = x.new_zeros(batch, num_clusters + 1, channels)
         numerator.index_add_(1, flat_centres, (assign.transpose(-1, -2) @ x_tiles).flatten(1, 2))
         denominator = x.new_zeros(batch, num_clusters + 1).index_add_(1, flat_centres, assign.sum(-2).flatten(1))
-        centres = (numerator / denominator.clamp_min(1e-16)[..., None])[:, :num_clusters]
+        centres = numerator / denominator.clamp_min(1e-16)[..., None]
+    centres = centres[:, :num_clusters]
     return (centres + shift).to(tokens.dtype)
 
 

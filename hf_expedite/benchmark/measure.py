@@ -1,0 +1,155 @@
+"""Measurements behind ``scripts/benchmark.py``: latency side by side, FLOPs, and the cost of Expedite's own layers.
+
+* Latency: the vanilla and the expedited model run alternately in one process on the same inputs, so both see the
+  same machine state; the medians and their ratio are reported.
+* FLOPs: ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per multiply-add (the paper's "GFLOPs"
+  are multiply-adds, i.e. half of these). It counts matrix products, convolutions and attention, not element-wise
+  work; the CPU kernel of scaled-dot-product attention, which torch does not register, is added here.
+* Overhead: the share of the expedited forward spent in clustering and reconstruction, summed over their
+  ``torch.profiler`` labels.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from ..hourglass import CLUSTERING_SCOPE, RECONSTRUCTION_SCOPE
+from .case import BenchmarkCase
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def alternated_latencies(
+    models: dict[str, nn.Module], inputs: dict[str, torch.Tensor], repeats: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per forward of each model, measured in turns (A, B, A, B, ...) after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for round_index in range(warmup + repeats):
+        for name, model in models.items():
+            device = _device(model)
+            _synchronize(device)
+            start = time.perf_counter()
+            model(**inputs)
+            _synchronize(device)
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _module_key(root: nn.Module, module: nn.Module) -> str:
+    """The name ``FlopCounterMode`` gives ``module`` inside ``root``."""
+    for path, candidate in root.named_modules():
+        if candidate is module:
+            return type(root).__name__ + (f".{path}" if path else "")
+    raise ValueError(f"{type(module).__name__} is not a submodule of {type(root).__name__}.")
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+
+
+@torch.inference_mode()
+def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor], part: nn.Module | None = None) -> int:
+    """FLOPs (2 per multiply-add) of one forward of ``model``, or of its submodule ``part`` within that forward."""
+    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS) as counter:
+        model(**inputs)
+    if part is None:
+        return counter.get_total_flops()
+    return sum(counter.get_flop_counts()[_module_key(model, part)].values())
+
+
+@torch.inference_mode()
+def expedite_overhead(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Seconds of one profiled forward: ``total``, ``clustering`` and ``reconstruction`` (labels summed)."""
+    device = _device(model)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as profile:
+        _synchronize(device)
+        start = time.perf_counter()
+        model(**inputs)
+        _synchronize(device)
+        total = time.perf_counter() - start
+    spent = {CLUSTERING_SCOPE: 0.0, RECONSTRUCTION_SCOPE: 0.0}
+    for event in profile.events():
+        if event.name in spent:
+            spent[event.name] += event.cpu_time_total / 1e6
+    return {"total": total, "clustering": spent[CLUSTERING_SCOPE], "reconstruction": spent[RECONSTRUCTION_SCOPE]}
+
+
+@dataclass
+class CaseResult:
+    """What the benchmark reports for one case (times in milliseconds, FLOPs in GFLOPs of 2 per multiply-add)."""
+
+    name: str
+    description: str
+    vanilla_ms: float
+    expedited_ms: float
+    speedup: float
+    vanilla_gflops: float
+    expedited_gflops: float
+    flops_ratio: float
+    overhead_share: float
+    clustering_ms: float
+    reconstruction_ms: float
+    output_relative_error: float
+    backbone_vanilla_gflops: float | None = None
+    backbone_expedited_gflops: float | None = None
+    backbone_flops_ratio: float | None = None
+    notes: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def output_relative_error(vanilla: nn.Module, expedited: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+    """``|e - v| / |v|`` of the primary output (``last_hidden_state``, ``predicted_depth``, ``logits``, ...)."""
+    reference, output = vanilla(**inputs)[0].float(), expedited(**inputs)[0].float()
+    return float((output - reference).norm() / reference.norm())
+
+
+def run_case(case: BenchmarkCase, repeats: int = 5, warmup: int = 1) -> CaseResult:
+    """Measure one case: alternated latencies, FLOPs (whole model and backbone), and the overhead share."""
+    models = {"vanilla": case.vanilla.eval(), "expedited": case.expedited.eval()}
+    times = alternated_latencies(models, case.inputs, repeats=repeats, warmup=warmup)
+    vanilla_s, expedited_s = statistics.median(times["vanilla"]), statistics.median(times["expedited"])
+    flops = {name: count_flops(model, case.inputs) for name, model in models.items()}
+    overhead = expedite_overhead(case.expedited, case.inputs)
+    result = CaseResult(
+        name=case.name,
+        description=case.description,
+        vanilla_ms=vanilla_s * 1e3,
+        expedited_ms=expedited_s * 1e3,
+        speedup=vanilla_s / expedited_s,
+        vanilla_gflops=flops["vanilla"] / 1e9,
+        expedited_gflops=flops["expedited"] / 1e9,
+        flops_ratio=flops["expedited"] / flops["vanilla"],
+        overhead_share=(overhead["clustering"] + overhead["reconstruction"]) / overhead["total"],
+        clustering_ms=overhead["clustering"] * 1e3,
+        reconstruction_ms=overhead["reconstruction"] * 1e3,
+        output_relative_error=output_relative_error(case.vanilla, case.expedited, case.inputs),
+        notes=case.notes,
+    )
+    if case.backbone is not None:
+        parts = {name: count_flops(model, case.inputs, case.backbone(model)) for name, model in models.items()}
+        result.backbone_vanilla_gflops = parts["vanilla"] / 1e9
+        result.backbone_expedited_gflops = parts["expedited"] / 1e9
+        result.backbone_flops_ratio = parts["expedited"] / parts["vanilla"]
+    return result

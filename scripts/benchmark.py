@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Expedited vs vanilla, side by side in one process: latency, FLOPs, the cost of clustering/reconstruction.
+
+Models are built at real architecture sizes with random weights (timing does not depend on the weights), the
+expedited one sharing the vanilla one's tensors, and fed the photographs bundled with scikit-image. No Hub access.
+
+    python scripts/benchmark.py                      # the default cases (ViT-B/16 512, ViT-L/16 640)
+    python scripts/benchmark.py --cases all --json results.json
+    python scripts/benchmark.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from tqdm.auto import tqdm
+
+from hf_expedite.benchmark.measure import CaseResult, run_case
+from hf_expedite.benchmark.registry import all_cases
+
+DEFAULT_CASES = ("vit-b16-512", "vit-l16-640-ade20k")
+
+
+def markdown_table(results: list[CaseResult]) -> str:
+    """The results as a markdown table (FLOPs counted by torch.utils.flop_counter: 2 per multiply-add)."""
+    lines = [
+        "| case | vanilla ms | expedited ms | speedup | GFLOPs vanilla -> expedited | FLOPs ratio | "
+        "backbone FLOPs ratio | clustering + reconstruction | output rel. error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        backbone = "-" if r.backbone_flops_ratio is None else f"{r.backbone_flops_ratio:.3f}"
+        lines.append(
+            f"| {r.name} | {r.vanilla_ms:.0f} | {r.expedited_ms:.0f} | {r.speedup:.2f}x | "
+            f"{r.vanilla_gflops:.1f} -> {r.expedited_gflops:.1f} | {r.flops_ratio:.3f} | {backbone} | "
+            f"{r.overhead_share:.1%} ({r.clustering_ms:.1f} + {r.reconstruction_ms:.1f} ms) | "
+            f"{r.output_relative_error:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), help="case names, or 'all'")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forwards per model (alternated)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="device to run on, e.g. cuda")
+    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--list", action="store_true", help="list the available cases and exit")
+    args = parser.parse_args(argv)
+
+    cases = all_cases()
+    if args.list:
+        for name, build in cases.items():
+            print(name)
+        return 0
+    names = list(cases) if args.cases == ["all"] else args.cases
+    unknown = [name for name in names if name not in cases]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; available: {', '.join(cases)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    results = []
+    for name in tqdm(names, desc="benchmark", unit="case"):
+        case = cases[name]()
+        case.vanilla.to(args.device)
+        case.expedited.to(args.device)
+        case.inputs = {key: value.to(args.device) for key, value in case.inputs.items()}
+        results.append(run_case(case, repeats=args.repeats, warmup=args.warmup))
+        tqdm.write(f"{name}: {results[-1].speedup:.2f}x, FLOPs ratio {results[-1].flops_ratio:.3f}")
+        del case
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch as listed\n")
+    print(markdown_table(results))
+    print("\nFLOPs: torch.utils.flop_counter, 2 per multiply-add (the paper's GFLOPs are multiply-adds: halve ours).")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump([r.as_dict() for r in results], handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
