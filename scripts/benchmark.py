@@ -5,6 +5,7 @@ Models are built at real architecture sizes with random weights (timing does not
 expedited one sharing the vanilla one's tensors, and fed the photographs bundled with scikit-image. No Hub access.
 
     python scripts/benchmark.py                      # the default cases (ViT-B/16 512, ViT-L/16 640)
+    python scripts/benchmark.py --suite paper --throughput-batch 4 --plot speed_vs_fidelity.png
     python scripts/benchmark.py --cases all --json results.json
     python scripts/benchmark.py --list
 """
@@ -19,32 +20,62 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_expedite.benchmark.measure import CaseResult, run_case
-from hf_expedite.benchmark.registry import all_cases
+from hf_expedite.benchmark.registry import all_cases, paper_cases
 
 DEFAULT_CASES = ("vit-b16-512", "vit-l16-640-ade20k")
+
+
+def _optional(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def markdown_table(results: list[CaseResult]) -> str:
     """The results as a markdown table (FLOPs counted by torch.utils.flop_counter: 2 per multiply-add)."""
     lines = [
-        "| case | vanilla ms | expedited ms | speedup | GFLOPs vanilla -> expedited | FLOPs ratio | "
-        "backbone FLOPs ratio | clustering + reconstruction | output rel. error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | vanilla ms | expedited ms | speedup | throughput ratio (batch) | GFLOPs vanilla -> expedited | "
+        "FLOPs ratio | backbone FLOPs ratio | clustering + reconstruction | peak MB vanilla -> expedited | "
+        "output rel. error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        backbone = "-" if r.backbone_flops_ratio is None else f"{r.backbone_flops_ratio:.3f}"
+        throughput = "-" if r.throughput_ratio is None else f"{r.throughput_ratio:.2f}x ({r.throughput_batch})"
         lines.append(
-            f"| {r.name} | {r.vanilla_ms:.0f} | {r.expedited_ms:.0f} | {r.speedup:.2f}x | "
-            f"{r.vanilla_gflops:.1f} -> {r.expedited_gflops:.1f} | {r.flops_ratio:.3f} | {backbone} | "
+            f"| {r.name} | {r.vanilla_ms:.0f} | {r.expedited_ms:.0f} | {r.speedup:.2f}x | {throughput} | "
+            f"{r.vanilla_gflops:.1f} -> {r.expedited_gflops:.1f} | {r.flops_ratio:.3f} | "
+            f"{_optional(r.backbone_flops_ratio, '.3f')} | "
             f"{r.overhead_share:.1%} ({r.clustering_ms:.1f} + {r.reconstruction_ms:.1f} ms) | "
-            f"{r.output_relative_error:.3f} |"
+            f"{r.vanilla_peak_mb:.0f} -> {r.expedited_peak_mb:.0f} | {r.output_relative_error:.3f} |"
         )
     return "\n".join(lines)
 
 
+def plot_speed_vs_fidelity(results: list[CaseResult], path: str) -> None:
+    """Speedup against the relative difference from the vanilla output on the photographs, one point per case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        axes.scatter(r.speedup, r.output_relative_error, s=30)
+        axes.annotate(r.name, (r.speedup, r.output_relative_error), fontsize=7, xytext=(4, 4),
+                      textcoords="offset points")
+    axes.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    axes.set_xlabel("speedup over vanilla (median latency ratio, same process)")
+    axes.set_ylabel("|expedited - vanilla| / |vanilla| (primary output)")
+    axes.set_title("Expedite: speed vs fidelity to the vanilla model on real photographs")
+    figure.tight_layout()
+    figure.savefig(path, dpi=150)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), help="case names, or 'all'")
+    parser.add_argument("--cases", nargs="+", default=None, help="case names, or 'all'")
+    parser.add_argument("--suite", choices=("default", "paper"), default="default",
+                        help="'paper': the paper's settings of every architecture (ignored with --cases)")
+    parser.add_argument("--throughput-batch", type=int, default=None, help="also measure images/s at this batch")
+    parser.add_argument("--plot", help="write a speed-vs-fidelity chart (PNG) to this path")
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per model (alternated)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -58,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, build in cases.items():
             print(name)
         return 0
-    names = list(cases) if args.cases == ["all"] else args.cases
+    if args.cases:
+        names = list(cases) if args.cases == ["all"] else args.cases
+    else:
+        names = paper_cases() if args.suite == "paper" else list(DEFAULT_CASES)
     unknown = [name for name in names if name not in cases]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; available: {', '.join(cases)}")
@@ -71,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         case.vanilla.to(args.device)
         case.expedited.to(args.device)
         case.inputs = {key: value.to(args.device) for key, value in case.inputs.items()}
-        results.append(run_case(case, repeats=args.repeats, warmup=args.warmup))
+        results.append(
+            run_case(case, repeats=args.repeats, warmup=args.warmup, throughput_batch=args.throughput_batch)
+        )
         tqdm.write(f"{name}: {results[-1].speedup:.2f}x, FLOPs ratio {results[-1].flops_ratio:.3f}")
         del case
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch as listed\n")
     print(markdown_table(results))
     print("\nFLOPs: torch.utils.flop_counter, 2 per multiply-add (the paper's GFLOPs are multiply-adds: halve ours).")
+    if args.plot:
+        plot_speed_vs_fidelity(results, args.plot)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump([r.as_dict() for r in results], handle, indent=2)

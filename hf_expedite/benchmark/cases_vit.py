@@ -24,6 +24,14 @@ def vit_case(name: str, sizes: dict, resolution: int, settings: dict, descriptio
     return BenchmarkCase(name, vanilla, expedited, inputs, description)
 
 
+def _segmenter_ade20k(alpha: int, clusters: int) -> BenchmarkCase:
+    """The paper's Segmenter ViT-L/16 ADE20K rows (640x640, 40x40 tokens); the encoder only."""
+    name = f"vit-l16-640-ade20k-a{alpha}-{clusters}x{clusters}"
+    settings = {"clustering_location": alpha, "num_clusters": [clusters, clusters]}
+    description = f"ViT-L/16 640x640 (Segmenter ADE20K), alpha={alpha}, {clusters}x{clusters} clusters"
+    return vit_case(name, VIT_LARGE, 640, settings, description)
+
+
 CASES: dict[str, Callable[[], BenchmarkCase]] = {
     "vit-b16-512": lambda: vit_case(
         "vit-b16-512",
@@ -32,11 +40,10 @@ CASES: dict[str, Callable[[], BenchmarkCase]] = {
         {"clustering_location": 4, "num_clusters": [16, 16]},
         "ViT-B/16, 512x512 (32x32 tokens), clustering after 4 blocks to 16x16",
     ),
-    "vit-l16-640-ade20k": lambda: vit_case(
-        "vit-l16-640-ade20k",
-        VIT_LARGE,
-        640,
-        {"clustering_location": 10, "num_clusters": [28, 28]},
-        "ViT-L/16, 640x640 (40x40 tokens), the paper's ADE20K setting: alpha=10, 28x28",
-    ),
+    "vit-l16-640-ade20k": lambda: _segmenter_ade20k(10, 28),
+    "vit-l16-640-ade20k-a16-28x28": lambda: _segmenter_ade20k(16, 28),
+    "vit-l16-640-ade20k-a8-20x20": lambda: _segmenter_ade20k(8, 20),
 }
+
+# The paper's settings for this family, measured by ``scripts/benchmark.py --suite paper``.
+PAPER_CASES = ("vit-l16-640-ade20k-a16-28x28", "vit-l16-640-ade20k", "vit-l16-640-ade20k-a8-20x20")

@@ -7,6 +7,9 @@
   work; the CPU kernel of scaled-dot-product attention, which torch does not register, is added here.
 * Overhead: the share of the expedited forward spent in clustering and reconstruction, summed over their
   ``torch.profiler`` labels.
+* Throughput: images per second at a larger batch, alternated the same way.
+* Peak memory: on CUDA the allocator's peak; on CPU the peak of tensor allocations seen by ``torch.profiler``
+  (op granularity), both above what was allocated before the forward.
 """
 
 from __future__ import annotations
@@ -93,6 +96,33 @@ def expedite_overhead(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict
     return {"total": total, "clustering": spent[CLUSTERING_SCOPE], "reconstruction": spent[RECONSTRUCTION_SCOPE]}
 
 
+@torch.inference_mode()
+def peak_memory(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+    """Peak bytes allocated by one forward (see the module docstring for how, per device)."""
+    device = _device(model)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        model(**inputs)
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - baseline)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as profile:
+        model(**inputs)
+    current = peak = 0
+    for event in sorted(profile.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return float(peak)
+
+
+def batched(inputs: dict[str, torch.Tensor], batch_size: int) -> dict[str, torch.Tensor]:
+    """The inputs repeated along the batch dimension to ``batch_size`` items (a multiple of the given batch)."""
+    reps = -(-batch_size // next(iter(inputs.values())).shape[0])
+    return {key: value.repeat(reps, *([1] * (value.dim() - 1)))[:batch_size] for key, value in inputs.items()}
+
+
 @dataclass
 class CaseResult:
     """What the benchmark reports for one case (times in milliseconds, FLOPs in GFLOPs of 2 per multiply-add)."""
@@ -109,6 +139,12 @@ class CaseResult:
     clustering_ms: float
     reconstruction_ms: float
     output_relative_error: float
+    vanilla_peak_mb: float
+    expedited_peak_mb: float
+    throughput_batch: int | None = None
+    vanilla_images_per_s: float | None = None
+    expedited_images_per_s: float | None = None
+    throughput_ratio: float | None = None
     backbone_vanilla_gflops: float | None = None
     backbone_expedited_gflops: float | None = None
     backbone_flops_ratio: float | None = None
@@ -125,8 +161,11 @@ def output_relative_error(vanilla: nn.Module, expedited: nn.Module, inputs: dict
     return float((output - reference).norm() / reference.norm())
 
 
-def run_case(case: BenchmarkCase, repeats: int = 5, warmup: int = 1) -> CaseResult:
-    """Measure one case: alternated latencies, FLOPs (whole model and backbone), and the overhead share."""
+def run_case(
+    case: BenchmarkCase, repeats: int = 5, warmup: int = 1, throughput_batch: int | None = None
+) -> CaseResult:
+    """Measure one case: alternated latencies, FLOPs (whole model and backbone), overhead share, peak memory, and,
+    with ``throughput_batch``, images per second at that batch size."""
     models = {"vanilla": case.vanilla.eval(), "expedited": case.expedited.eval()}
     times = alternated_latencies(models, case.inputs, repeats=repeats, warmup=warmup)
     vanilla_s, expedited_s = statistics.median(times["vanilla"]), statistics.median(times["expedited"])
@@ -145,8 +184,17 @@ def run_case(case: BenchmarkCase, repeats: int = 5, warmup: int = 1) -> CaseResu
         clustering_ms=overhead["clustering"] * 1e3,
         reconstruction_ms=overhead["reconstruction"] * 1e3,
         output_relative_error=output_relative_error(case.vanilla, case.expedited, case.inputs),
+        vanilla_peak_mb=peak_memory(case.vanilla, case.inputs) / 2**20,
+        expedited_peak_mb=peak_memory(case.expedited, case.inputs) / 2**20,
         notes=case.notes,
     )
+    if throughput_batch:
+        inputs = batched(case.inputs, throughput_batch)
+        batch_times = alternated_latencies(models, inputs, repeats=max(1, repeats // 2), warmup=warmup)
+        result.throughput_batch = throughput_batch
+        result.vanilla_images_per_s = throughput_batch / statistics.median(batch_times["vanilla"])
+        result.expedited_images_per_s = throughput_batch / statistics.median(batch_times["expedited"])
+        result.throughput_ratio = result.expedited_images_per_s / result.vanilla_images_per_s
     if case.backbone is not None:
         parts = {name: count_flops(model, case.inputs, case.backbone(model)) for name, model in models.items()}
         result.backbone_vanilla_gflops = parts["vanilla"] / 1e9

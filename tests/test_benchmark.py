@@ -1,0 +1,67 @@
+"""The benchmark's measurements on a tiny ViT: FLOPs against a hand count, overhead labels, report and plot."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_expedite.benchmark.cases_vit import vit_case
+from hf_expedite.benchmark.measure import count_flops, run_case
+from hf_expedite.benchmark.registry import all_cases, paper_cases
+
+TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, patch_size=8)
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", Path(__file__).parents[1] / "scripts/benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _layer_flops(tokens: int, hidden: int = 32, intermediate: int = 64) -> int:
+    """2 FLOPs per multiply-add: q, k, v, o projections, the MLP, and the two attention products."""
+    return 2 * (4 * tokens * hidden * hidden + 2 * tokens * hidden * intermediate + 2 * tokens * tokens * hidden)
+
+
+@pytest.fixture(scope="module")
+def case():
+    torch.manual_seed(0)
+    settings = {"clustering_location": 1, "num_clusters": [4, 4], "reconstruction_k": 4}
+    return vit_case("tiny", TINY, 64, settings, "tiny ViT, 8x8 tokens -> 4x4", batch_size=2)
+
+
+def test_flop_count_matches_a_hand_count(case):
+    patch_embedding = 2 * 64 * (3 * 8 * 8) * 32  # per image: 64 patches, a 192 -> 32 projection
+    expected = 2 * (patch_embedding + 4 * _layer_flops(65))
+    assert count_flops(case.vanilla, case.inputs) == expected
+
+
+def test_run_case_reports_side_by_side_numbers(case):
+    result = run_case(case, repeats=2, warmup=1, throughput_batch=4)
+    assert result.vanilla_ms > 0 and result.expedited_ms > 0
+    assert result.speedup == pytest.approx(result.vanilla_ms / result.expedited_ms)
+    # one full-resolution layer, three on 1 + 16 tokens, plus the clustering/reconstruction matrix products
+    assert result.flops_ratio < (_layer_flops(65) + 3 * _layer_flops(17) + 2 * 2 * 64 * 192 * 32) / (
+        4 * _layer_flops(65) + 2 * 64 * 192 * 32
+    ) + 0.05
+    assert result.clustering_ms > 0 and result.reconstruction_ms > 0
+    assert 0 < result.overhead_share < 1
+    assert result.vanilla_peak_mb > 0 and result.expedited_peak_mb > 0
+    assert result.throughput_batch == 4 and result.throughput_ratio > 0
+    assert 0 < result.output_relative_error < 1
+
+
+def test_report_table_plot_and_case_registry(case, tmp_path):
+    script = _load_script()
+    result = run_case(case, repeats=1, warmup=0)
+    table = script.markdown_table([result])
+    assert "| tiny |" in table and f"{result.flops_ratio:.3f}" in table
+    script.plot_speed_vs_fidelity([result], str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+    json.dumps(result.as_dict())
+    assert {"vit-b16-512", "vit-l16-640-ade20k"} <= set(all_cases())
+    assert set(paper_cases()) <= set(all_cases())
+    assert script.main(["--list"]) == 0
