@@ -103,7 +103,7 @@ def _nanmean(values: np.ndarray) -> np.float64:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class MeanIoU(evaluate.Metric):
+class MeanIou(evaluate.Metric):
     """Dataset-level mean IoU, mean per-category accuracy and overall pixel accuracy."""
 
     def _info(self) -> evaluate.MetricInfo:

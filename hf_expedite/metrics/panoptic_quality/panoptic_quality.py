@@ -1,7 +1,8 @@
 """Panoptic Quality (Kirillov et al. 2019) as an `evaluate` module, following the COCO panoptic evaluation rules.
 
 Per image, segments are given as id maps plus segment lists `{"id", "category_id"}` (reference segments may carry
-`"iscrowd"`). Rules:
+`"iscrowd"`; `"label_id"`, as written by transformers' post-processing, is accepted for `"category_id"`, and other
+keys such as `"score"` are dropped). Rules:
 
 - Void: reference pixels equal to `void_id`, or whose id is not listed in the image's reference segments.
   Predicted pixels whose id is not listed in the predicted segments (0 or -1 from transformers post-processing)
@@ -60,19 +61,36 @@ _CITATION = """
 """
 
 
+_SEGMENT_INPUTS = ("predicted_segments_info", "reference_segments_info")
+
+
+def _normalize_segment(segment: dict) -> dict:
+    """Keep `id`, `category_id` (or transformers' `label_id`) and `iscrowd` (default 0) of a segment dict."""
+    category_id = segment.get("category_id", segment.get("label_id"))
+    if category_id is None or segment.get("id") is None:
+        raise ValueError(f"Segment {segment} needs an 'id' and a 'category_id' (or 'label_id').")
+    return {"id": int(segment["id"]), "category_id": int(category_id), "iscrowd": int(segment.get("iscrowd") or 0)}
+
+
+def _normalize_inputs(inputs: dict, per_image: bool) -> dict:
+    """Normalize the segment lists of one image (`per_image`) or of a batch of images."""
+    out = dict(inputs)
+    for name in _SEGMENT_INPUTS:
+        if out.get(name) is not None:
+            images = [out[name]] if per_image else out[name]
+            normalized = [[_normalize_segment(segment) for segment in segments] for segments in images]
+            out[name] = normalized[0] if per_image else normalized
+    return out
+
+
 def _segment_table(segments: Sequence[dict], what: str, index: int) -> Dict[int, tuple]:
     """Map segment id -> (category_id, iscrowd); a repeated id must keep its category."""
     table: Dict[int, tuple] = {}
     for segment in segments:
-        if segment.get("category_id") is None:
-            raise ValueError(
-                f"Image {index}: {what} segment {segment} has no 'category_id' (transformers post-processing "
-                "names it 'label_id'; rename it)."
-            )
-        entry = (int(segment["category_id"]), bool(segment.get("iscrowd") or 0))
+        entry = (int(segment["category_id"]), bool(segment["iscrowd"]))
         segment_id = int(segment["id"])
         if table.setdefault(segment_id, entry) != entry:
-            raise ValueError(f"Image {index}: {what} segment id {segment_id} is listed with conflicting categories.")
+            raise ValueError(f"Image {index}: {what} segment id {segment_id} is listed with conflicting category or iscrowd.")
     return table
 
 
@@ -170,7 +188,7 @@ class PanopticQuality(evaluate.Metric):
     """COCO-style Panoptic Quality with things / stuff split and per-category scores."""
 
     def _info(self) -> evaluate.MetricInfo:
-        segment = {"id": datasets.Value("int64"), "category_id": datasets.Value("int64")}
+        segment = {name: datasets.Value("int64") for name in ("id", "category_id", "iscrowd")}
         return evaluate.MetricInfo(
             module_type="metric",
             description=_DESCRIPTION,
@@ -181,11 +199,19 @@ class PanopticQuality(evaluate.Metric):
                     "predictions": datasets.List(datasets.List(datasets.Value("int64"))),
                     "references": datasets.List(datasets.List(datasets.Value("int64"))),
                     "predicted_segments_info": datasets.List(segment),
-                    "reference_segments_info": datasets.List({**segment, "iscrowd": datasets.Value("int64")}),
+                    "reference_segments_info": datasets.List(segment),
                 }
             ),
             reference_urls=["https://arxiv.org/abs/1801.00868", "https://github.com/cocodataset/panopticapi"],
         )
+
+    def add_batch(self, *, predictions=None, references=None, **kwargs) -> None:
+        """As `evaluate.Metric.add_batch`; segment dicts may omit `iscrowd` and carry extra keys."""
+        super().add_batch(predictions=predictions, references=references, **_normalize_inputs(kwargs, False))
+
+    def add(self, *, prediction=None, reference=None, **kwargs) -> None:
+        """As `evaluate.Metric.add`; segment dicts may omit `iscrowd` and carry extra keys."""
+        super().add(prediction=prediction, reference=reference, **_normalize_inputs(kwargs, True))
 
     def _compute(
         self,
