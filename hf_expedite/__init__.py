@@ -21,3 +21,29 @@ __all__ = [
     "get_preset",
     "list_presets",
 ]
+
+from .auto import (  # noqa: E402
+    AutoBackbone,
+    AutoModel,
+    AutoModelForDepthEstimation,
+    AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
+    AutoModelForUniversalSegmentation,
+)
+from .conversion import expedite, expedite_config, supported_model_types  # noqa: E402
+from .patching import patch_transformers, patched_transformers, unpatch_transformers  # noqa: E402
+
+__all__ += [
+    "AutoBackbone",
+    "AutoModel",
+    "AutoModelForDepthEstimation",
+    "AutoModelForImageClassification",
+    "AutoModelForSemanticSegmentation",
+    "AutoModelForUniversalSegmentation",
+    "expedite",
+    "expedite_config",
+    "patch_transformers",
+    "patched_transformers",
+    "supported_model_types",
+    "unpatch_transformers",
+]

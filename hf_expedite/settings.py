@@ -48,6 +48,14 @@ class ExpediteSettings:
         config_dict.update(overrides)
         return super().from_dict(config_dict, **kwargs)
 
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoConfig") -> None:
+        """No-op: expedited configs come from the ``hf_expedite`` package and are never copied into a repository.
+
+        transformers calls this after a ``trust_remote_code`` load; ``save_pretrained`` would then try to copy the
+        package's source files next to the weights.
+        """
+
 
 @dataclass(kw_only=True)
 class WindowedExpediteSettings(ExpediteSettings):
