@@ -23,7 +23,8 @@ def cluster_with_settings(
 
     The cluster grid is ``clusters`` when given (Swin windows), else the config's ``num_clusters`` or
     ``cluster_ratio`` applied to ``grid``. The reconstruction weights are computed here, once, from the tokens and the
-    centres at this point.
+    centres at this point. A ``cluster_ratio`` grid on a small input can hold fewer clusters than
+    ``reconstruction_k``: the k-NN then uses all of them (fixed grids are checked against k in the config).
     """
     clusters = clusters or cluster_grid(config, grid)
     check_grids(grid, clusters)
@@ -45,7 +46,7 @@ def _cluster(
     reconstruction = TokenReconstruction.from_clustering(
         tokens,
         centres,
-        k=config.reconstruction_k,
+        k=min(config.reconstruction_k, centres.shape[1]),
         temperature=config.reconstruction_temperature,
         normalization=config.reconstruction_normalization,
         mode=config.reconstruction_mode,

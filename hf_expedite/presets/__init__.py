@@ -28,9 +28,12 @@ class Preset:
 
 
 from . import vit  # noqa: E402
+from . import dinov2, dpt  # noqa: E402
 
 PRESETS: dict[str, dict[str, Preset]] = {
     "vit": vit.PRESETS,
+    "dpt": dpt.PRESETS,
+    "dinov2": dinov2.PRESETS,
 }
 
 
