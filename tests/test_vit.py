@@ -98,6 +98,13 @@ def test_hidden_states_keep_the_vanilla_shape(vit_repo, reconstruction_location)
     torch.testing.assert_close(selected.hidden_states[4], out.hidden_states[4])
 
 
+def test_hidden_states_requested_through_the_config(vit_repo):
+    model = ExpeditedViTModel.from_pretrained(vit_repo, output_hidden_states=True, **SETTINGS).eval()
+    with torch.no_grad():
+        out = model(pixels())
+    assert [h.shape for h in out.hidden_states] == [(2, 65, 32)] * 7
+
+
 def test_full_resolution_blocks_after_reconstruction_see_every_token(vit_repo, vanilla):
     """Reconstruction after layer 4: layers 5 and 6 receive 1 + N tokens and the state before clustering is exact."""
     model = ExpeditedViTModel.from_pretrained(vit_repo, reconstruction_location=4, add_pooling_layer=False, **SETTINGS)

@@ -87,7 +87,9 @@ class ExpeditedViTModel(StrictLoadingMixin, ViTModel):
             self.config,
             token_grid(pixel_values, self.config.patch_size),
             self.hidden_states_tap,
-            requested_hidden_states(self, kwargs.get("output_hidden_states"), len(self.layers)),
+            requested_hidden_states(
+                self, kwargs.get("output_hidden_states", self.config.output_hidden_states), len(self.layers)
+            ),
         )
         sequence_output = self.layernorm(hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
