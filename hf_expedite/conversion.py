@@ -28,6 +28,8 @@ from transformers import PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from . import models
+from .models.dinov2 import expedite_dinov2_config
+from .models.dpt import expedite_depth_anything_config, expedite_dpt_config
 from .models.vit import expedite_vit_config
 from .presets import PRESETS, get_preset
 from .settings import ExpediteSettings, WindowedExpediteSettings, setting_names
@@ -46,11 +48,17 @@ class Conversion:
     family: str
 
 
-_VIT = Conversion(expedite_vit_config, "vit")
+def _both(model_type: str, conversion: Conversion) -> dict[str, Conversion]:
+    """The entries of a model type whose expedited config has its own type ``expedited_<model_type>``."""
+    return {model_type: conversion, f"expedited_{model_type}": conversion}
+
 
 CONVERSIONS: dict[str, Conversion] = {
-    "vit": _VIT,
-    "expedited_vit": _VIT,
+    **_both("vit", Conversion(expedite_vit_config, "vit")),
+    **_both("dpt", Conversion(expedite_dpt_config, "dpt")),  # DPT-Large, DPT-Hybrid, DPT with a DINOv2 backbone
+    **_both("dinov2", Conversion(expedite_dinov2_config, "dinov2")),  # as a backbone (AutoBackbone)
+    **_both("dinov2_with_registers", Conversion(expedite_dinov2_config, "dinov2")),
+    "depth_anything": Conversion(expedite_depth_anything_config, "dinov2"),  # only its backbone_config is expedited
 }
 """Supported ``model_type`` (vanilla and expedited) -> conversion. The one place an architecture is wired in."""
 

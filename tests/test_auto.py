@@ -8,6 +8,7 @@ import inspect
 import pytest
 import torch
 import transformers
+from PIL import Image
 from skimage import data as photos
 from transformers import ConvNextConfig, ConvNextModel, ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
@@ -303,3 +304,102 @@ def test_registration_is_idempotent():
     register_model(transformers.AutoModelForImageClassification, ExpeditedViTConfig, ExpeditedViTForImageClassification)
     assert transformers.AutoModelForImageClassification._model_mapping[ExpeditedViTConfig] is before
     assert transformers.AutoConfig.for_model("expedited_vit", **TINY).model_type == "expedited_vit"
+
+
+# The other wired architectures, each through the shadow class of its task; tiny configs in the hub layout.
+def _dinov2(**extra):
+    return transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64, patch_size=8,
+        **extra,
+    )  # fmt: skip
+
+
+ARCHITECTURES = {
+    "dpt-depth": (
+        lambda: transformers.DPTForDepthEstimation(transformers.DPTConfig(**DPT)),
+        "AutoModelForDepthEstimation",
+        {"clustering_location": 2, "num_clusters": [4, 4], "reconstruction_k": 4},
+    ),
+    "dpt-segmentation": (
+        lambda: transformers.DPTForSemanticSegmentation(transformers.DPTConfig(**DPT, num_labels=3)),
+        "AutoModelForSemanticSegmentation",
+        {"clustering_location": 2, "num_clusters": [4, 4], "reconstruction_k": 4},
+    ),
+    "depth-anything": (
+        lambda: transformers.DepthAnythingForDepthEstimation(
+            transformers.DepthAnythingConfig(
+                backbone_config=_dinov2(out_indices=[1, 2, 3, 4], reshape_hidden_states=False),
+                reassemble_hidden_size=32, patch_size=8, neck_hidden_sizes=[8, 8, 8, 8], fusion_hidden_size=8,
+                head_hidden_size=8,
+            )  # fmt: skip
+        ),
+        "AutoModelForDepthEstimation",
+        {"clustering_location": 2, "num_clusters": [4, 4], "reconstruction_k": 4},
+    ),
+}
+DPT = dict(
+    hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64, patch_size=8,
+    backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 8, 8], fusion_hidden_size=8, head_hidden_size=8,
+)  # fmt: skip
+
+
+def is_expedited_model(model):
+    return any(type(module).__module__.startswith("hf_expedite.") for module in model.modules())
+
+
+def first_output(model, pixels):
+    with torch.no_grad():
+        return model.eval()(pixels)[0]
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def architecture(request, tmp_path_factory):
+    build, auto, settings = ARCHITECTURES[request.param]
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp(request.param)
+    build().save_pretrained(path)
+    return path, getattr(hf_expedite, auto), settings
+
+
+def test_every_wired_architecture_through_its_shadow_class(architecture, pixels, tmp_path):
+    path, auto, settings = architecture
+    x = pixels[:1]
+    vanilla = auto.from_pretrained(path, expedite=False)
+    assert not is_expedited_model(vanilla) and not hf_expedite.conversion.is_expedited(vanilla.config)
+    reference = first_output(vanilla, x)
+    default = auto.from_pretrained(path, expedite=True)
+    assert is_expedited_model(default) and hf_expedite.conversion.settings_holder(default.config).expedite
+    model = auto.from_pretrained(path, **settings)  # individual setting kwargs
+    saved = hf_expedite.expedite_settings(hf_expedite.conversion.settings_holder(model.config))
+    assert is_expedited_model(model) and {name: saved[name] for name in settings} == settings
+    out = first_output(model, x)
+    assert out.shape == reference.shape and torch.isfinite(out).all() and not torch.equal(out, reference)
+    off = auto.from_pretrained(path, expedite={**settings, "expedite": False})
+    assert is_expedited_model(off) and torch.equal(first_output(off, x), reference)  # bit-identical when off
+    # round trip: an expedited folder loads expedited without a flag, and as the vanilla model with expedite=False
+    model.save_pretrained(tmp_path)
+    again = auto.from_pretrained(tmp_path)
+    assert is_expedited_model(again) and torch.equal(first_output(again, x), out)
+    plain = auto.from_pretrained(tmp_path, expedite=False)
+    assert type(plain) is type(vanilla) and not hf_expedite.conversion.is_expedited(plain.config)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), vanilla.state_dict().values()))
+    assert torch.equal(first_output(hf_expedite.expedite(vanilla, settings), x), out)
+
+
+def test_backbones_from_config():
+    # (transformers 5.24's AutoBackbone.from_pretrained rejects local folders: it asks the Hub whether the repo exists)
+    config = _dinov2(out_indices=[2, 4])
+    backbone = hf_expedite.AutoBackbone.from_config(config, expedite=True, clustering_location=1)
+    assert type(backbone).__name__ == "ExpeditedDinov2Backbone" and backbone.config.clustering_location == 1
+    assert type(hf_expedite.AutoBackbone.from_config(config)) is transformers.Dinov2Backbone
+
+
+def test_depth_estimation_pipeline_with_the_patch(tmp_path):
+    torch.manual_seed(0)
+    transformers.DPTForDepthEstimation(transformers.DPTConfig(**DPT)).save_pretrained(tmp_path)
+    transformers.DPTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(tmp_path)
+    with hf_expedite.patched_transformers():
+        depth = transformers.pipeline("depth-estimation", model=str(tmp_path), model_kwargs={"expedite": True})
+        assert type(depth.model).__name__ == "ExpeditedDPTForDepthEstimation"
+        result = depth(Image.fromarray(photos.astronaut()))
+    assert result["predicted_depth"].ndim == 2 and result["depth"].size == (512, 512)

@@ -101,3 +101,21 @@ def test_bad_results_and_vanilla_configs_are_rejected(config):
         load_results({"metrics": {"accuracy": 1.0}})
     with pytest.raises(ValueError, match="not an expedited config"):
         render_model_card(ViTConfig(**TINY), base_model="b", repo_id="me/x", base_metadata={})
+
+
+def test_depth_models_get_their_task_and_backbone_settings():
+    from transformers import DepthAnythingConfig, Dinov2Config, DPTConfig
+
+    dpt = DPTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64, patch_size=8,
+        architectures=["DPTForDepthEstimation"],
+    )  # fmt: skip
+    config = hf_expedite.expedite_config(dpt)
+    card = render_model_card(config, base_model="Intel/dpt-large", repo_id="me/x", base_metadata={})
+    assert metadata_of(card)["pipeline_tag"] == "depth-estimation" and "dpt" in metadata_of(card)["tags"]
+    assert "AutoModelForDepthEstimation.from_pretrained" in card
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
+    depth_anything = DepthAnythingConfig(backbone_config=backbone, architectures=["DepthAnythingForDepthEstimation"])
+    config = hf_expedite.expedite_config(depth_anything, clustering_location=1)
+    card = render_model_card(config, base_model="depth-anything/small", repo_id="me/x", base_metadata={})
+    assert "| `clustering_location` | `1` |" in card and metadata_of(card)["pipeline_tag"] == "depth-estimation"
