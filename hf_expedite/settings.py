@@ -13,6 +13,7 @@ from typing import Any
 
 _MODES = ("knn", "hard")
 _NORMALIZATIONS = ("l1", "l2")
+_GRID_CHOICE = ("num_clusters", "cluster_ratio", "clustered_window_size")  # one choice: the cluster grid
 
 
 @dataclass(kw_only=True)
@@ -37,14 +38,15 @@ class ExpediteSettings:
         """Build the config with setting kwargs applied *before* defaults and validation run.
 
         transformers sets extra ``from_pretrained`` kwargs on the finished config, which would skip validation.
-        Choosing ``num_clusters`` or ``cluster_ratio`` replaces the saved choice of the other.
+        Choosing ``num_clusters``, ``cluster_ratio`` or (Swin) ``clustered_window_size`` replaces the saved choice of
+        the others.
         """
         names = setting_names(issubclass(cls, WindowedExpediteSettings))
         overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
         config_dict = dict(config_dict)
-        if overrides.keys() & {"num_clusters", "cluster_ratio"}:
-            config_dict.pop("num_clusters", None)
-            config_dict.pop("cluster_ratio", None)
+        if overrides.keys() & _GRID_CHOICE:
+            for name in _GRID_CHOICE:
+                config_dict.pop(name, None)
         config_dict.update(overrides)
         return super().from_dict(config_dict, **kwargs)
 
@@ -63,6 +65,7 @@ class WindowedExpediteSettings(ExpediteSettings):
 
     clustered_window_size: int | None = None
     official_shift_mask: bool = False
+    reconstruction_k: int | None = None  # windows can hold fewer than 20 clusters: the preset picks it from k
 
 
 def setting_names(windowed: bool = True) -> tuple[str, ...]:

@@ -8,6 +8,9 @@ from .dpt import ExpeditedDPTConfig, ExpeditedDPTForDepthEstimation, ExpeditedDP
 from .dpt import ExpeditedDPTModel
 from .dinov2 import ExpeditedDinov2Backbone, ExpeditedDinov2Config
 from .dinov2 import ExpeditedDinov2WithRegistersBackbone, ExpeditedDinov2WithRegistersConfig
+from .swin import ExpeditedSwinBackbone, ExpeditedSwinConfig
+from .swinv2 import ExpeditedSwinv2Backbone, ExpeditedSwinv2Config, ExpeditedSwinv2Model
+from .mask2former import ExpeditedMask2FormerConfig, ExpeditedMask2FormerForUniversalSegmentation
 
 __all__ = [
     "ExpeditedViTConfig",
@@ -16,4 +19,6 @@ __all__ = [
     *["ExpeditedDPTConfig", "ExpeditedDPTForDepthEstimation", "ExpeditedDPTForSemanticSegmentation"],
     *["ExpeditedDPTModel", "ExpeditedDinov2Backbone", "ExpeditedDinov2Config"],
     *["ExpeditedDinov2WithRegistersBackbone", "ExpeditedDinov2WithRegistersConfig"],
+    *["ExpeditedSwinBackbone", "ExpeditedSwinConfig", "ExpeditedSwinv2Backbone", "ExpeditedSwinv2Config"],
+    *["ExpeditedSwinv2Model", "ExpeditedMask2FormerConfig", "ExpeditedMask2FormerForUniversalSegmentation"],
 ]

@@ -29,11 +29,13 @@ class Preset:
 
 from . import vit  # noqa: E402
 from . import dinov2, dpt  # noqa: E402
+from . import swin  # noqa: E402
 
 PRESETS: dict[str, dict[str, Preset]] = {
     "vit": vit.PRESETS,
     "dpt": dpt.PRESETS,
     "dinov2": dinov2.PRESETS,
+    **{"swin": swin.SWIN, "swinv2": swin.SWINV2, "mask2former": swin.MASK2FORMER},
 }
 
 
