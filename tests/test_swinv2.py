@@ -226,3 +226,30 @@ def test_bad_settings_fail_at_config_construction(settings, match):
 def test_a_stage_map_smaller_than_one_window_fails_clearly(swinv2_repo):
     with pytest.raises(ValueError, match="smaller than one 4 x 4 attention window"):
         load(swinv2_repo, **SETTINGS)(photos(12, 64))
+
+
+def test_dpt_swinv2_through_the_expedited_dpt_class(dpt_repo):
+    """DPT-SwinV2 (Intel/dpt-swinv2-* layout) loads into ExpeditedDPTForDepthEstimation; settings go to the backbone."""
+    from transformers import pipeline
+
+    from hf_expedite import ExpeditedDPTForDepthEstimation
+    from hf_expedite.benchmark.photos import photograph
+    from transformers import DPTImageProcessorPil
+
+    vanilla = DPTForDepthEstimation.from_pretrained(dpt_repo).eval()
+    model, info = ExpeditedDPTForDepthEstimation.from_pretrained(dpt_repo, output_loading_info=True, **SETTINGS)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.backbone_config.model_type == "expedited_swinv2" and model.config.clustering_location == 2
+    assert model.config.backbone_config.clustered_window_size == 2
+    x = photos()
+    with torch.no_grad():
+        expected = vanilla(x).predicted_depth
+        reduced = model.eval()(x).predicted_depth
+        model.config.backbone_config.expedite = False
+        disabled = model(x).predicted_depth
+    assert torch.equal(disabled, expected)
+    assert reduced.shape == expected.shape and not torch.equal(reduced, expected)
+    model.config.backbone_config.expedite = True
+    processor = DPTImageProcessorPil(size={"height": 64, "width": 64}, keep_aspect_ratio=False)
+    depth = pipeline("depth-estimation", model=model, image_processor=processor)(photograph("coffee"))
+    assert depth["depth"].size == photograph("coffee").size

@@ -53,13 +53,14 @@ from ..encoder import HIDDEN_STATES_RECORDER, HiddenStatesTap, requested_hidden_
 from ..loading import StrictLoadingMixin
 from ..presets.dpt import encoder_depth
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import ExpediteSettings, expedite_settings, finalize_settings
+from ..settings import ExpediteSettings, expedite_settings, finalize_settings, setting_names
 from .dinov2 import (
     EXPEDITED_BACKBONE_CONFIGS,
     READ_HIDDEN_STATES_KWARG,
     expedite_dinov2_config,
     expedited_token_grid,
 )
+from .swinv2 import ExpeditedSwinv2Config, drop_dpt_reassemble_stage, expedite_swinv2_config, is_swinv2_family
 from .vit import token_grid
 
 
@@ -80,9 +81,26 @@ class ExpeditedDPTConfig(ExpediteSettings, DPTConfig):
 
     model_type = "expedited_dpt"
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> ExpeditedDPTConfig:
+        """Setting kwargs for a Swinv2 backbone (DPT-SwinV2) go to the backbone config, where they live."""
+        backbone = config_dict.get("backbone_config")
+        if isinstance(backbone, dict) and backbone.get("model_type") in ("swinv2", ExpeditedSwinv2Config.model_type):
+            overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in setting_names(windowed=True)}
+            backbone = ExpeditedSwinv2Config.from_dict(backbone, **overrides).to_dict()
+            config_dict = {**config_dict, "backbone_config": backbone}
+        return super().from_dict(config_dict, **kwargs)
+
     def __post_init__(self, **kwargs):
         kwargs.pop("model_type", None)  # a hub config says "dpt": it must not shadow ours
         super().__post_init__(**kwargs)
+        if uses_backbone_config(self) and is_swinv2_family(self.backbone_config):
+            # DPT-SwinV2: windowed clustering inside the backbone; its settings are mirrored here for reading.
+            self.backbone_config = expedite_swinv2_config(self.backbone_config)
+            for name, value in expedite_settings(self.backbone_config).items():
+                if hasattr(ExpediteSettings, name):
+                    setattr(self, name, value)
+            return
         if uses_backbone_config(self):
             _check_backbone(self.backbone_config)
         finalize_settings(self, "dpt", encoder_depth(self))
@@ -94,8 +112,8 @@ def _check_backbone(backbone_config: Any) -> None:
     if getattr(backbone_config, "model_type", None) not in EXPEDITED_BACKBONE_CONFIGS:
         raise ValueError(
             f"Expedite does not support DPT with a {backbone_config.model_type!r} backbone; supported: the DPT ViT "
-            "encoder (DPT-Large style), the hybrid BiT + ViT encoder (DPT-Hybrid) and dinov2 / dinov2_with_registers "
-            "backbones (DPT-DINOv2, Depth Anything)."
+            "encoder (DPT-Large style), the hybrid BiT + ViT encoder (DPT-Hybrid), dinov2 / dinov2_with_registers "
+            "backbones (DPT-DINOv2, Depth Anything) and swinv2 backbones (DPT-SwinV2)."
         )
 
 
@@ -248,7 +266,8 @@ class ExpeditedDPTForDepthEstimation(StrictLoadingMixin, DPTForDepthEstimation):
         super().__init__(config)
         if self.backbone is None:
             self.dpt = ExpeditedDPTModel(config, add_pooling_layer=False)
-            self.post_init()
+        drop_dpt_reassemble_stage(self)
+        self.post_init()
 
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.LongTensor | None = None, **kwargs
