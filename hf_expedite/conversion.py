@@ -29,7 +29,10 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from . import models
 from .models.dinov2 import expedite_dinov2_config
-from .models.dpt import expedite_depth_anything_config, expedite_dpt_config
+from .models.dpt import ExpeditedDPTConfig, expedite_depth_anything_config, expedite_dpt_config, uses_backbone_config
+from .models.mask2former import expedite_mask2former_config
+from .models.swin import expedite_swin_config
+from .models.swinv2 import expedite_swinv2_config, is_swinv2_family
 from .models.vit import expedite_vit_config
 from .presets import PRESETS, get_preset
 from .settings import ExpediteSettings, WindowedExpediteSettings, setting_names
@@ -42,10 +45,31 @@ _GRID_CHOICE = ("num_clusters", "cluster_ratio", "clustered_window_size")  # one
 
 @dataclass(frozen=True)
 class Conversion:
-    """How one architecture is expedited: ``convert(config, **settings)`` -> expedited config, and its presets."""
+    """How one architecture is expedited: ``convert(config, **settings)`` -> expedited config, and its preset family
+    (a name, or a function of the config for architectures whose presets depend on the backbone)."""
 
     convert: Callable[..., PreTrainedConfig]
-    family: str
+    family: str | Callable[[PreTrainedConfig], str]
+
+    def preset_family(self, config: PreTrainedConfig) -> str:
+        return self.family(config) if callable(self.family) else self.family
+
+
+def _is_dpt_swinv2(config: PreTrainedConfig) -> bool:
+    return uses_backbone_config(config) and is_swinv2_family(config.backbone_config)
+
+
+def _dpt_family(config: PreTrainedConfig) -> str:
+    """DPT-SwinV2 clusters inside the Swinv2 backbone's windows (Swinv2 presets); every other DPT uses DPT presets."""
+    return "swinv2" if _is_dpt_swinv2(config) else "dpt"
+
+
+def _expedite_any_dpt_config(config: PreTrainedConfig, **settings: Any) -> PreTrainedConfig:
+    """``expedite_dpt_config``, plus DPT-SwinV2, which ``ExpeditedDPTConfig`` builds (settings routed to the Swinv2
+    backbone config) but ``expedite_dpt_config``'s backbone check does not list."""
+    if _is_dpt_swinv2(config):
+        return ExpeditedDPTConfig.from_dict(config.to_dict(), **settings)
+    return expedite_dpt_config(config, **settings)
 
 
 def _both(model_type: str, conversion: Conversion) -> dict[str, Conversion]:
@@ -55,10 +79,13 @@ def _both(model_type: str, conversion: Conversion) -> dict[str, Conversion]:
 
 CONVERSIONS: dict[str, Conversion] = {
     **_both("vit", Conversion(expedite_vit_config, "vit")),
-    **_both("dpt", Conversion(expedite_dpt_config, "dpt")),  # DPT-Large, DPT-Hybrid, DPT with a DINOv2 backbone
+    **_both("dpt", Conversion(_expedite_any_dpt_config, _dpt_family)),  # DPT-Large, -Hybrid, -DINOv2, -SwinV2
     **_both("dinov2", Conversion(expedite_dinov2_config, "dinov2")),  # as a backbone (AutoBackbone)
     **_both("dinov2_with_registers", Conversion(expedite_dinov2_config, "dinov2")),
     "depth_anything": Conversion(expedite_depth_anything_config, "dinov2"),  # only its backbone_config is expedited
+    **_both("swin", Conversion(expedite_swin_config, "swin")),  # as a backbone (AutoBackbone)
+    **_both("swinv2", Conversion(expedite_swinv2_config, "swinv2")),
+    **_both("mask2former", Conversion(expedite_mask2former_config, "mask2former")),  # settings on its Swin backbone
 }
 """Supported ``model_type`` (vanilla and expedited) -> conversion. The one place an architecture is wired in."""
 
@@ -90,11 +117,12 @@ def conversion_for(config: PreTrainedConfig) -> Conversion:
 
 
 def settings_holder(config: PreTrainedConfig) -> ExpediteSettings | None:
-    """The config carrying the Expedite settings: ``config`` itself or its ``backbone_config``; None if vanilla."""
-    if isinstance(config, ExpediteSettings):
-        return config
+    """The config whose Expedite settings the model runs with: an expedited ``backbone_config`` (Mask2Former, Depth
+    Anything, DPT with a DINOv2 or Swinv2 backbone) or else ``config`` itself; None for a vanilla config."""
     backbone = getattr(config, "backbone_config", None)
-    return backbone if isinstance(backbone, ExpediteSettings) else None
+    if isinstance(backbone, ExpediteSettings):
+        return backbone
+    return config if isinstance(config, ExpediteSettings) else None
 
 
 def is_expedited(config: PreTrainedConfig) -> bool:
@@ -256,9 +284,10 @@ def apply_request(config: PreTrainedConfig, request: ExpediteRequest) -> PreTrai
     if not request.enabled:
         return vanilla_config(config)
     conversion = conversion_for(config)
+    family = conversion.preset_family(config)
     if request.preset is not None:
-        get_preset(conversion.family, request.preset)  # an unknown name for this family lists the valid ones
-    expedited = conversion.convert(config, **_resolved_settings(config, request, conversion.family))
+        get_preset(family, request.preset)  # an unknown name for this architecture lists the valid ones
+    expedited = conversion.convert(config, **_resolved_settings(config, request, family))
     holder = settings_holder(expedited)
     allowed = setting_names(isinstance(holder, WindowedExpediteSettings))
     foreign = sorted(name for name in request.settings if name not in allowed)

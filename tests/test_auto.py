@@ -314,6 +314,13 @@ def _dinov2(**extra):
     )  # fmt: skip
 
 
+def _swin(config_class=transformers.SwinConfig, **extra):
+    sizes = dict(embed_dim=16, depths=[1, 1, 4, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=64)
+    return config_class(**{**sizes, **extra})
+
+
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
+WINDOWED = {"clustering_location": 3, "clustered_window_size": 2, "reconstruction_k": 4}
 ARCHITECTURES = {
     "dpt-depth": (
         lambda: transformers.DPTForDepthEstimation(transformers.DPTConfig(**DPT)),
@@ -336,6 +343,28 @@ ARCHITECTURES = {
         "AutoModelForDepthEstimation",
         {"clustering_location": 2, "num_clusters": [4, 4], "reconstruction_k": 4},
     ),
+    "dpt-swinv2": (
+        lambda: transformers.DPTForDepthEstimation(
+            transformers.DPTConfig(
+                backbone_config=_swin(transformers.Swinv2Config, patch_size=2, out_features=STAGES),
+                neck_hidden_sizes=[16, 32, 64, 128],
+                fusion_hidden_size=16, head_hidden_size=8,
+            )  # fmt: skip
+        ),
+        "AutoModelForDepthEstimation",
+        {"clustering_location": 2, "clustered_window_size": 2, "reconstruction_k": 3},
+    ),
+    "mask2former": (
+        lambda: transformers.Mask2FormerForUniversalSegmentation(
+            transformers.Mask2FormerConfig(
+                backbone_config=_swin(out_features=STAGES), hidden_dim=32, mask_feature_size=32, feature_size=32, encoder_layers=1, decoder_layers=2, num_queries=5,
+                encoder_feedforward_dim=32, dim_feedforward=32, num_attention_heads=2, num_labels=3,
+            )  # fmt: skip
+        ),
+        "AutoModelForUniversalSegmentation",
+        WINDOWED,
+    ),
+    "swinv2": (lambda: transformers.Swinv2Model(_swin(transformers.Swinv2Config)), "AutoModel", WINDOWED),
 }
 DPT = dict(
     hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64, patch_size=8,
@@ -392,6 +421,12 @@ def test_backbones_from_config():
     backbone = hf_expedite.AutoBackbone.from_config(config, expedite=True, clustering_location=1)
     assert type(backbone).__name__ == "ExpeditedDinov2Backbone" and backbone.config.clustering_location == 1
     assert type(hf_expedite.AutoBackbone.from_config(config)) is transformers.Dinov2Backbone
+    config = _swin(out_features=["stage2", "stage3"])
+    backbone = hf_expedite.AutoBackbone.from_config(config, expedite="coco-panoptic", **WINDOWED)
+    assert type(backbone).__name__ == "ExpeditedSwinBackbone" and backbone.config.clustered_window_size == 2
+    assert backbone.config.official_shift_mask and backbone.config.clustering_iterations == 5  # from the preset
+    backbone = hf_expedite.AutoBackbone.from_config(_swin(transformers.Swinv2Config), expedite=True)
+    assert type(backbone).__name__ == "ExpeditedSwinv2Backbone"
 
 
 def test_depth_estimation_pipeline_with_the_patch(tmp_path):

@@ -119,3 +119,15 @@ def test_depth_models_get_their_task_and_backbone_settings():
     config = hf_expedite.expedite_config(depth_anything, clustering_location=1)
     card = render_model_card(config, base_model="depth-anything/small", repo_id="me/x", base_metadata={})
     assert "| `clustering_location` | `1` |" in card and metadata_of(card)["pipeline_tag"] == "depth-estimation"
+
+
+def test_windowed_segmentation_models():
+    from transformers import Mask2FormerConfig, SwinConfig
+
+    swin = SwinConfig(embed_dim=16, depths=[1, 1, 4, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=64)
+    mask2former = Mask2FormerConfig(backbone_config=swin, architectures=["Mask2FormerForUniversalSegmentation"])
+    config = hf_expedite.expedite_config(mask2former, clustered_window_size=2, reconstruction_k=4)
+    card = render_model_card(config, base_model="facebook/mask2former", repo_id="me/x", base_metadata={})
+    assert metadata_of(card)["pipeline_tag"] == "image-segmentation" and "mask2former" in metadata_of(card)["tags"]
+    assert "AutoModelForUniversalSegmentation.from_pretrained" in card and "end of the\nclustered stage" in card
+    assert "| `clustered_window_size` | `2` |" in card and "| `official_shift_mask` | `false` |" in card
