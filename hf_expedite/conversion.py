@@ -29,7 +29,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from . import models
 from .models.dinov2 import expedite_dinov2_config
-from .models.dpt import ExpeditedDPTConfig, expedite_depth_anything_config, expedite_dpt_config, uses_backbone_config
+from .models.dpt import expedite_depth_anything_config, expedite_dpt_config, uses_backbone_config
 from .models.mask2former import expedite_mask2former_config
 from .models.swin import expedite_swin_config
 from .models.swinv2 import expedite_swinv2_config, is_swinv2_family
@@ -64,14 +64,6 @@ def _dpt_family(config: PreTrainedConfig) -> str:
     return "swinv2" if _is_dpt_swinv2(config) else "dpt"
 
 
-def _expedite_any_dpt_config(config: PreTrainedConfig, **settings: Any) -> PreTrainedConfig:
-    """``expedite_dpt_config``, plus DPT-SwinV2, which ``ExpeditedDPTConfig`` builds (settings routed to the Swinv2
-    backbone config) but ``expedite_dpt_config``'s backbone check does not list."""
-    if _is_dpt_swinv2(config):
-        return ExpeditedDPTConfig.from_dict(config.to_dict(), **settings)
-    return expedite_dpt_config(config, **settings)
-
-
 def _both(model_type: str, conversion: Conversion) -> dict[str, Conversion]:
     """The entries of a model type whose expedited config has its own type ``expedited_<model_type>``."""
     return {model_type: conversion, f"expedited_{model_type}": conversion}
@@ -79,7 +71,7 @@ def _both(model_type: str, conversion: Conversion) -> dict[str, Conversion]:
 
 CONVERSIONS: dict[str, Conversion] = {
     **_both("vit", Conversion(expedite_vit_config, "vit")),
-    **_both("dpt", Conversion(_expedite_any_dpt_config, _dpt_family)),  # DPT-Large, -Hybrid, -DINOv2, -SwinV2
+    **_both("dpt", Conversion(expedite_dpt_config, _dpt_family)),  # DPT-Large, -Hybrid, -DINOv2, -SwinV2
     **_both("dinov2", Conversion(expedite_dinov2_config, "dinov2")),  # as a backbone (AutoBackbone)
     **_both("dinov2_with_registers", Conversion(expedite_dinov2_config, "dinov2")),
     "depth_anything": Conversion(expedite_depth_anything_config, "dinov2"),  # only its backbone_config is expedited

@@ -121,8 +121,10 @@ def expedite_dpt_config(config: DPTConfig, **settings: Any) -> ExpeditedDPTConfi
     """The expedited version of a DPT config (vanilla or already expedited), with ``settings`` applied.
 
     Args:
-        config: a ``DPTConfig`` of any path: plain ViT (``Intel/dpt-large``), hybrid (``Intel/dpt-hybrid-midas``) or
-            with a DINOv2 ``backbone_config`` (``facebook/dpt-dinov2-small-nyu``), or an :class:`ExpeditedDPTConfig`.
+        config: a ``DPTConfig`` of any path: plain ViT (``Intel/dpt-large``), hybrid (``Intel/dpt-hybrid-midas``),
+            with a DINOv2 ``backbone_config`` (``facebook/dpt-dinov2-small-nyu``) or a Swinv2 one
+            (``Intel/dpt-swinv2-tiny-256``; the settings then go to the backbone config), or an
+            :class:`ExpeditedDPTConfig`.
         **settings: Expedite settings (``clustering_location``, ``num_clusters``, ...); unset ones keep the config's
             value or come from the ``dpt`` default preset (presets: ``hf_expedite.get_preset("dpt", name)``).
 
@@ -135,7 +137,7 @@ def expedite_dpt_config(config: DPTConfig, **settings: Any) -> ExpeditedDPTConfi
     Raises:
         ValueError: an unsupported ``backbone_config`` type, or invalid settings (the message names the field).
     """
-    if uses_backbone_config(config):
+    if uses_backbone_config(config) and not is_swinv2_family(config.backbone_config):
         _check_backbone(config.backbone_config)
         if not isinstance(config, ExpeditedDPTConfig) and isinstance(config.backbone_config, ExpediteSettings):
             inherited = expedite_settings(config.backbone_config)
