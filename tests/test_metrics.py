@@ -299,3 +299,40 @@ def test_panoptic_quality_errors(panoptic):
             predicted_segments_info=[[{"id": 1, "category_id": 1}, {"id": 1, "category_id": 2}]],
             reference_segments_info=[[{"id": 1, "category_id": 1}]],
         )
+
+
+# ---------------------------------------------------------------- per-image statistics (multi-process evaluation)
+
+
+def test_depth_disparity_alignment(depth):
+    # The prediction is an inverse depth up to scale and shift: 3 / ref + 2 -> aligned exactly.
+    reference = np.array([[1.0, 2.0], [4.0, 8.0]])
+    prediction = 3.0 / reference + 2.0
+    results = depth.compute(predictions=[prediction], references=[reference], disparity_alignment=True)
+    assert results["rmse"] == pytest.approx(0.0, abs=1e-9) and results["delta1"] == 1.0
+    # A constant prediction fits the shift only: disparity mean(1 / ref) everywhere, capped at 1 / max_depth.
+    flat = depth.compute(predictions=[np.ones((2, 2))], references=[reference], disparity_alignment=True)
+    assert flat["rmse"] == pytest.approx(np.sqrt(np.mean((1 / np.mean(1 / reference) - reference) ** 2)))
+    with pytest.raises(ValueError, match="exclusive"):
+        depth.compute(predictions=[prediction], references=[reference], disparity_alignment=True, median_scaling=True)
+
+
+def test_statistics_route_equals_compute(depth, mean_iou, panoptic):
+    predictions, references = [DEPTH_PRED, 2 * DEPTH_PRED], [DEPTH_REF, DEPTH_REF + 1]
+    rows = [depth.image_statistics(p, r, max_depth=8.0) for p, r in zip(predictions, references)]
+    assert depth.metrics_from_statistics(rows) == depth.compute(
+        predictions=predictions, references=references, max_depth=8.0
+    )
+    areas = [mean_iou.image_statistics(IOU_PRED, IOU_REF, num_labels=4, ignore_index=255)] * 2
+    assert areas[0].shape == (3, 4) and areas[0].dtype == np.int64
+    expected = mean_iou.compute(predictions=[IOU_PRED] * 2, references=[IOU_REF] * 2, num_labels=4, ignore_index=255)
+    np.testing.assert_equal(mean_iou.metrics_from_statistics(areas, 4), expected)
+    counts = panoptic.image_statistics(PQ_PRED, PQ_REF, PQ_PRED_INFO, PQ_REF_INFO)
+    assert counts == {1: (1, 0, 1, pytest.approx(5 / 6)), 2: (1, 1, 0, 1.0)}
+    assert panoptic.metrics_from_statistics([counts], things=[1]) == panoptic.compute(
+        predictions=[PQ_PRED],
+        references=[PQ_REF],
+        predicted_segments_info=[PQ_PRED_INFO],
+        reference_segments_info=[PQ_REF_INFO],
+        things=[1],
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import datasets
@@ -46,27 +47,49 @@ def load_eval_dataset(
 ) -> AnyDataset:
     """Load one split of a hub (or local) dataset and check that `columns` exist.
 
-    With `revision="refs/convert/parquet"` (the hub's automatic Parquet export, the way to read script-based
-    datasets that `datasets` no longer runs) the config is selected as the export's sub-directory (`data_dir`),
-    defaulting to "default". When the dataset's features are known from its metadata, the columns are checked
-    before any data is downloaded; they are always checked on the loaded split. `max_samples` keeps the first
-    samples. Extra kwargs (`token`, `cache_dir`, `data_files`, `data_dir`) go to `datasets.load_dataset_builder`
-    and `datasets.load_dataset`.
+    `name` is a hub id, a local folder of data files (e.g. Parquet) or a folder written by `save_to_disk` (a
+    `Dataset`, or a `DatasetDict` from which `split` is taken). With `revision="refs/convert/parquet"` (the hub's
+    automatic Parquet export, the way to read script-based datasets that `datasets` no longer runs) the config is
+    selected as the export's sub-directory (`data_dir`), defaulting to "default". When the dataset's features are
+    known from its metadata, the columns are checked before any data is downloaded; they are always checked on the
+    loaded split. `max_samples` keeps the first samples. Extra kwargs (`token`, `cache_dir`, `data_files`,
+    `data_dir`) go to `datasets.load_dataset_builder` and `datasets.load_dataset`.
     """
     what = _describe(name, config, split, revision)
-    if revision == PARQUET_REVISION:
-        load_kwargs.setdefault("data_dir", config or "default")
-        config = None
-    features = datasets.load_dataset_builder(name, config, revision=revision, **load_kwargs).info.features
-    if features is not None:
-        check_columns(features, columns, what)
-    dataset = datasets.load_dataset(name, config, split=split, streaming=streaming, revision=revision, **load_kwargs)
+    if _saved_to_disk(name):
+        dataset = _load_from_disk(name, split, what)
+    else:
+        if revision == PARQUET_REVISION:
+            load_kwargs.setdefault("data_dir", config or "default")
+            config = None
+        features = datasets.load_dataset_builder(name, config, revision=revision, **load_kwargs).info.features
+        if features is not None:
+            check_columns(features, columns, what)
+        dataset = datasets.load_dataset(
+            name, config, split=split, streaming=streaming, revision=revision, **load_kwargs
+        )
     check_columns(_column_names(dataset), columns, what)
     if max_samples is None:
         return dataset
     if isinstance(dataset, datasets.Dataset):
         return dataset.select(range(min(max_samples, len(dataset))))
     return _take(dataset, max_samples)
+
+
+def _saved_to_disk(name: str) -> bool:
+    """Whether `name` is a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
+    folder = Path(name)
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def _load_from_disk(name: str, split: str, what: str) -> datasets.Dataset:
+    """A `save_to_disk` folder as a Dataset: the folder's Dataset, or `split` of its DatasetDict."""
+    loaded = datasets.load_from_disk(name)
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"{what}: no split {split!r} in the saved DatasetDict; available: {list(loaded)}.")
+        return loaded[split]
+    return loaded
 
 
 def _take(stream: datasets.IterableDataset, count: int) -> datasets.IterableDataset:

@@ -4,6 +4,10 @@ Drop-in for the hub's `mean_iou` metric (same inputs, keyword arguments and outp
 a label or prediction outside `[0, num_labels)` at a non-ignored pixel raises a ValueError instead of being dropped
 silently, and `label_map` maps every original value at once (the hub metric applies the pairs one after another,
 so chained pairs such as {1: 2, 2: 3} map 1 to 3 there).
+
+`image_statistics` (one image -> its per-category areas) and `metrics_from_statistics` (all images' areas -> the
+metrics) split `compute` in two, so that a multi-process evaluation gathers a few numbers per image instead of label
+maps; `compute` itself runs through them.
 """
 
 from typing import Dict, Optional, Sequence
@@ -96,10 +100,50 @@ def _areas(
     )
 
 
+def image_statistics(
+    prediction,
+    reference,
+    num_labels: int,
+    ignore_index: int,
+    label_map: Optional[Dict[int, int]] = None,
+    reduce_labels: bool = False,
+    index: int = 0,
+) -> np.ndarray:
+    """One image's per-category (intersection, prediction area, reference area), an int64 array of shape
+    (3, num_labels); `label_map` and `reduce_labels` apply to the reference. `index` only labels error messages."""
+    reference = _prepare_reference(np.asarray(reference, dtype=np.int64), label_map, reduce_labels)
+    return _areas(np.asarray(prediction, dtype=np.int64), reference, num_labels, ignore_index, index)
+
+
 def _nanmean(values: np.ndarray) -> np.float64:
     """Mean over the non-NaN entries; NaN (without a warning) when all are NaN."""
     finite = values[~np.isnan(values)]
     return np.float64(finite.mean()) if finite.size else np.float64(np.nan)
+
+
+def metrics_from_statistics(
+    statistics: Sequence[np.ndarray], num_labels: int, nan_to_num: Optional[int] = None
+) -> dict:
+    """The metrics from the `image_statistics` of every image."""
+    totals = np.zeros((3, num_labels), dtype=np.int64)
+    for areas in statistics:
+        totals += areas
+    intersection, area_prediction, area_reference = totals.astype(np.float64)
+    union = area_prediction + area_reference - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = intersection / union
+        accuracy = intersection / area_reference
+        overall_accuracy = intersection.sum() / area_reference.sum()
+    metrics = {
+        "mean_iou": _nanmean(iou),
+        "mean_accuracy": _nanmean(accuracy),
+        "overall_accuracy": overall_accuracy,
+        "per_category_iou": iou,
+        "per_category_accuracy": accuracy,
+    }
+    if nan_to_num is not None:
+        metrics = {name: np.nan_to_num(value, nan=nan_to_num) for name, value in metrics.items()}
+    return metrics
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -123,6 +167,9 @@ class MeanIou(evaluate.Metric):
             ],
         )
 
+    image_statistics = staticmethod(image_statistics)
+    metrics_from_statistics = staticmethod(metrics_from_statistics)
+
     def _compute(
         self,
         predictions: Sequence,
@@ -133,23 +180,8 @@ class MeanIou(evaluate.Metric):
         label_map: Optional[Dict[int, int]] = None,
         reduce_labels: bool = False,
     ) -> dict:
-        totals = np.zeros((3, num_labels), dtype=np.int64)
-        for index, (prediction, reference) in enumerate(zip(predictions, references)):
-            reference = _prepare_reference(np.asarray(reference, dtype=np.int64), label_map, reduce_labels)
-            totals += _areas(np.asarray(prediction, dtype=np.int64), reference, num_labels, ignore_index, index)
-        intersection, area_prediction, area_reference = totals.astype(np.float64)
-        union = area_prediction + area_reference - intersection
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou = intersection / union
-            accuracy = intersection / area_reference
-            overall_accuracy = intersection.sum() / area_reference.sum()
-        metrics = {
-            "mean_iou": _nanmean(iou),
-            "mean_accuracy": _nanmean(accuracy),
-            "overall_accuracy": overall_accuracy,
-            "per_category_iou": iou,
-            "per_category_accuracy": accuracy,
-        }
-        if nan_to_num is not None:
-            metrics = {name: np.nan_to_num(value, nan=nan_to_num) for name, value in metrics.items()}
-        return metrics
+        statistics = [
+            image_statistics(prediction, reference, num_labels, ignore_index, label_map, reduce_labels, index)
+            for index, (prediction, reference) in enumerate(zip(predictions, references))
+        ]
+        return metrics_from_statistics(statistics, num_labels, nan_to_num)

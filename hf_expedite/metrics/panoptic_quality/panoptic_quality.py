@@ -15,6 +15,10 @@ keys such as `"score"` are dropped). Rules:
 - Per category: PQ = sum(IoU of TPs) / (TP + FP/2 + FN/2), SQ = sum(IoU) / TP (0 without TP),
   RQ = TP / (TP + FP/2 + FN/2). Averages run over the categories with TP + FP + FN > 0; things are the categories
   listed in `things`, every other category is stuff. An average over no category is NaN.
+
+`image_statistics` (one image -> its per-category TP / FP / FN counts and IoU sums, a small dict) and
+`metrics_from_statistics` (all images' dicts, in dataset order -> the metrics) split `compute` in two, so that a
+multi-process evaluation gathers a few numbers per image instead of segment maps; `compute` runs through them.
 """
 
 from collections import Counter
@@ -115,6 +119,18 @@ class _Counts:
     fn: Counter = field(default_factory=Counter)
     iou: Counter = field(default_factory=Counter)
 
+    def add(self, statistics: Dict[int, tuple]) -> None:
+        """Add one image's `image_statistics`."""
+        for category, (tp, fp, fn, iou) in statistics.items():
+            self.tp[category] += tp
+            self.fp[category] += fp
+            self.fn[category] += fn
+            self.iou[category] += iou
+
+    def to_statistics(self) -> Dict[int, tuple]:
+        """{category: (tp, fp, fn, sum of TP IoUs)} for the categories seen."""
+        return {c: (self.tp[c], self.fp[c], self.fn[c], self.iou[c]) for c in self.categories()}
+
     def categories(self) -> List[int]:
         return sorted(set(self.tp) | set(self.fp) | set(self.fn))
 
@@ -183,6 +199,44 @@ def _average(counts: _Counts, categories: Iterable[int]) -> dict:
     return {key: float(np.mean([s[key] for s in scores])) if scores else float("nan") for key in ("pq", "sq", "rq")}
 
 
+def image_statistics(
+    prediction,
+    reference,
+    predicted_segments_info: Sequence[dict],
+    reference_segments_info: Sequence[dict],
+    void_id: int = 0,
+    index: int = 0,
+) -> Dict[int, tuple]:
+    """One image's {category: (TP, FP, FN, sum of the TPs' IoU)}; segment dicts as for `compute` (transformers'
+    `label_id` accepted). `index` only labels error messages."""
+    prediction, reference = np.asarray(prediction, dtype=np.int64), np.asarray(reference, dtype=np.int64)
+    if prediction.shape != reference.shape:
+        raise ValueError(f"Image {index}: prediction shape {prediction.shape} != reference shape {reference.shape}.")
+    predicted = _segment_table([_normalize_segment(s) for s in predicted_segments_info], "predicted", index)
+    referenced = _segment_table([_normalize_segment(s) for s in reference_segments_info], "reference", index)
+    counts = _Counts()
+    _accumulate_image(prediction, reference, predicted, referenced, void_id, counts)
+    return counts.to_statistics()
+
+
+def metrics_from_statistics(statistics: Sequence[Dict[int, tuple]], things: Optional[Iterable[int]] = None) -> dict:
+    """The metrics from the `image_statistics` of every image; `things` as for `compute`."""
+    counts = _Counts()
+    for image in statistics:
+        counts.add(image)
+    thing_ids = {int(c) for c in things or ()}
+    categories = counts.categories()
+    results = _average(counts, categories)
+    subsets = {
+        "things": [c for c in categories if c in thing_ids],
+        "stuff": [c for c in categories if c not in thing_ids],
+    }
+    for name, subset in subsets.items():
+        results.update({f"{key}_{name}": value for key, value in _average(counts, subset).items()})
+    results["per_category"] = {c: counts.scores(c) for c in categories}
+    return results
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class PanopticQuality(evaluate.Metric):
     """COCO-style Panoptic Quality with things / stuff split and per-category scores."""
@@ -213,6 +267,9 @@ class PanopticQuality(evaluate.Metric):
         """As `evaluate.Metric.add`; segment dicts may omit `iscrowd` and carry extra keys."""
         super().add(prediction=prediction, reference=reference, **_normalize_inputs(kwargs, True))
 
+    image_statistics = staticmethod(image_statistics)
+    metrics_from_statistics = staticmethod(metrics_from_statistics)
+
     def _compute(
         self,
         predictions: Sequence,
@@ -222,25 +279,10 @@ class PanopticQuality(evaluate.Metric):
         things: Optional[Iterable[int]] = None,
         void_id: int = 0,
     ) -> dict:
-        counts = _Counts()
-        for index, (prediction, reference) in enumerate(zip(predictions, references)):
-            prediction, reference = np.asarray(prediction, dtype=np.int64), np.asarray(reference, dtype=np.int64)
-            if prediction.shape != reference.shape:
-                raise ValueError(
-                    f"Image {index}: prediction shape {prediction.shape} != reference shape {reference.shape}."
-                )
-            predicted = _segment_table(predicted_segments_info[index], "predicted", index)
-            referenced = _segment_table(reference_segments_info[index], "reference", index)
-            _accumulate_image(prediction, reference, predicted, referenced, void_id, counts)
-
-        thing_ids = {int(c) for c in things or ()}
-        categories = counts.categories()
-        results = _average(counts, categories)
-        subsets = {
-            "things": [c for c in categories if c in thing_ids],
-            "stuff": [c for c in categories if c not in thing_ids],
-        }
-        for name, subset in subsets.items():
-            results.update({f"{key}_{name}": value for key, value in _average(counts, subset).items()})
-        results["per_category"] = {c: counts.scores(c) for c in categories}
-        return results
+        statistics = [
+            image_statistics(prediction, reference, predicted, referenced, void_id, index)
+            for index, (prediction, reference, predicted, referenced) in enumerate(
+                zip(predictions, references, predicted_segments_info, reference_segments_info)
+            )
+        ]
+        return metrics_from_statistics(statistics, things)

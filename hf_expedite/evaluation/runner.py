@@ -1,0 +1,566 @@
+"""The part the evaluation scripts share: options, checks before any work, the vanilla + expedited model pair, the
+timed (multi-process) evaluation loop and the report.
+
+A script describes its task with an :class:`EvaluationTask` subclass (how to read a reference from a dataset row, how
+to post-process model outputs, the metric's per-image statistics and how to combine them) and its datasets with
+:class:`Benchmark` presets, then calls :func:`run`. The flow, identical on every process of an ``accelerate launch``:
+
+1. checks that need no weights: the model config's task, the Expedite request, the dataset's columns, and the
+   references of the first ``--check-samples`` samples (label range, map shape, category mapping);
+2. loads the model once and builds its expedited (or vanilla) twin sharing the weights (``hf_expedite.expedite``);
+3. evaluates this process's shard of the dataset: each image is preprocessed alone (so no image is padded to another
+   one's size), images with equal input shapes are stacked, and every stack runs through the vanilla and then the
+   expedited model, each forward pass timed on its own; per-image metric statistics are kept, not predictions;
+4. gathers statistics, timings and skipped samples by dataset index on the main process, which computes each metric
+   once (in dataset order, so the result does not depend on the number of processes) and writes the report.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import json
+import statistics as stats
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoImageProcessor, BatchFeature, PreTrainedConfig
+
+from .datasets_io import ImageBatches, load_eval_dataset
+from .distributed import gather_by_index, get_state, shard_indices, shutdown
+from .report import ModelResult, write_report
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TIMING_NOTE = "model forward passes only (pre- and post-processing excluded), summed over the processes"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A dataset preset: where the data lives (``dataset=None``: the user passes ``--dataset``) and the options that
+    describe its data (argparse destinations -> values: split, columns, label conventions, ...)."""
+
+    description: str
+    dataset: str | None
+    config: str | None = None
+    revision: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Reference:
+    """One sample's ground truth: a 2-D ``map`` (depth, labels, segment ids) at the size predictions are compared
+    at, and whatever else the task needs (valid mask, segment list)."""
+
+    map: np.ndarray
+    info: Any = None
+
+
+class InputError(ValueError):
+    """A problem with the command line, the model or the dataset, found before any evaluation work."""
+
+
+class EvaluationTask(abc.ABC):
+    """What a script plugs into the shared loop. Subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    """Report file stem."""
+    title: ClassVar[str]
+    kind: ClassVar[str]
+    """What the model must do, in words ("depth estimation"), for error messages."""
+    auto_classes: ClassVar[tuple[type, ...]]
+    """hf_expedite Auto classes a suitable model loads with, in order of preference."""
+    label_columns: tuple[str, ...] = ()
+    """Dataset columns read besides the image."""
+
+    @abc.abstractmethod
+    def reference(self, index: int, columns: Mapping[str, Any]) -> Reference:
+        """The decoded, checked reference of dataset sample ``index``; a ValueError says what is wrong with it,
+        starting with "Image <index>:" (the metrics' wording)."""
+
+    def check(self, references: Sequence[Reference]) -> None:
+        """Checks over the first references together, before any model is loaded (a ValueError stops the run)."""
+
+    @abc.abstractmethod
+    def predictions(self, processor: Any, outputs: Any, sizes: Sequence[tuple[int, int]]) -> list[Any]:
+        """Post-process one batch of model outputs to predictions at ``sizes`` (height, width)."""
+
+    @abc.abstractmethod
+    def statistics(self, prediction: Any, reference: Reference, index: int) -> Any:
+        """The metric's statistics for one image (small and picklable)."""
+
+    @abc.abstractmethod
+    def metrics(self, statistics: Sequence[Any]) -> dict[str, Any]:
+        """The metric values from every image's statistics, in dataset order."""
+
+    def metadata(self) -> dict[str, Any]:
+        """Task options worth recording in the report."""
+        return {}
+
+
+# ---------------------------------------------------------------- options
+
+
+def parse_expedite(value: str) -> bool | str | dict[str, Any]:
+    """``--expedite``: ``true`` (the architecture's default preset), a preset name, or a JSON object of settings."""
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            settings = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise argparse.ArgumentTypeError(f"--expedite is not valid JSON ({error}): {text}") from None
+        if not isinstance(settings, dict):
+            raise argparse.ArgumentTypeError(f"--expedite JSON must be an object of settings, got {text}")
+        return settings
+    if text.lower() == "true":
+        return True
+    if text.lower() == "false":
+        raise argparse.ArgumentTypeError("--expedite false would compare the vanilla model with itself.")
+    return text
+
+
+def parse_dtype(value: str) -> torch.dtype:
+    if value not in DTYPES:
+        raise argparse.ArgumentTypeError(f"Unknown dtype {value!r}; choose from {', '.join(DTYPES)}.")
+    return DTYPES[value]
+
+
+def load_json_option(value: str) -> Any:
+    """A JSON option given inline, as a local file, or as a hub file ``hf://[datasets/|spaces/]owner/repo/file``."""
+    text = value.strip()
+    if text.startswith(("{", "[")):
+        return json.loads(text)
+    if text.startswith("hf://"):
+        from huggingface_hub import hf_hub_download
+
+        parts = text[len("hf://") :].split("/")
+        repo_type = None
+        if parts[0] in ("datasets", "spaces"):
+            repo_type, parts = parts[0][:-1], parts[1:]
+        if len(parts) < 3:
+            raise ValueError(f"Expected hf://[datasets/]owner/repo/path/to/file.json, got {value!r}.")
+        text = hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), repo_type=repo_type)
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"{value!r} is neither inline JSON, an existing file nor an hf:// file.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def parse_ids(text: str) -> set[int]:
+    """An id list option: ``"0-79,85"`` -> {0, ..., 79, 85}."""
+    ids: set[int] = set()
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        first, _, last = part.partition("-")
+        try:
+            ids.update(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise ValueError(f"Cannot read {part!r} in the id list {text!r}; use e.g. 0-79,85.") from None
+    return ids
+
+
+def panoptic_post_processing(
+    num_labels: int, thing_ids: set[int] | None, threshold: float, mask_threshold: float, overlap_threshold: float
+) -> dict[str, Any]:
+    """Keyword arguments of ``post_process_panoptic_segmentation``: the thresholds, and the stuff classes (all but
+    ``thing_ids``) fused into one segment per class; nothing fused when the things are unknown."""
+    outside = sorted(i for i in thing_ids or () if not 0 <= i < num_labels)
+    if outside:
+        raise ValueError(f"Thing ids {outside[:10]} lie outside the model's labels [0, {num_labels}).")
+    return {
+        "threshold": threshold,
+        "mask_threshold": mask_threshold,
+        "overlap_mask_area_threshold": overlap_threshold,
+        "label_ids_to_fuse": set(range(num_labels)) - thing_ids if thing_ids else set(),
+    }
+
+
+def build_parser(description: str, benchmarks: Mapping[str, Benchmark]) -> argparse.ArgumentParser:
+    """A parser with the options every evaluation script shares; the script adds its task's options.
+
+    Options that describe the data default to ``None`` and are filled by :func:`resolve_options`.
+    """
+    default = next(iter(benchmarks))
+    listing = "; ".join(
+        f"{name}: {b.description}" + (f" ({b.dataset})" if b.dataset else " (needs --dataset)")
+        for name, b in benchmarks.items()
+    )
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="model id on the hub or local directory (vanilla or expedited checkpoint)")
+    parser.add_argument("--model-revision", help="model revision (branch, tag or commit)")
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--benchmark",
+        choices=list(benchmarks),
+        help=f"dataset preset (default: {default}, unless --dataset is given). {listing}",
+    )
+    data.add_argument(
+        "--dataset",
+        help="hub dataset id, local folder of data files (e.g. Parquet) or folder written by save_to_disk; "
+        "replaces the benchmark's dataset. Without --benchmark, a custom dataset gets the generic option defaults",
+    )
+    data.add_argument("--dataset-config", help="dataset configuration (for a Parquet export: its sub-directory)")
+    data.add_argument("--revision", help="dataset revision, e.g. refs/convert/parquet")
+    data.add_argument("--split", help="dataset split")
+    data.add_argument("--image-column", help="column holding the input images")
+    data.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
+    data.add_argument(
+        "--check-samples",
+        type=int,
+        default=8,
+        help="references checked before any model is loaded (default: 8); later bad samples are skipped and listed",
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--expedite",
+        type=parse_expedite,
+        help="expedited twin: 'true' (the architecture's default preset), a preset name, or a JSON object of "
+        "settings. Default: the saved settings of an expedited checkpoint, else 'true'",
+    )
+    run.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    run.add_argument("--dtype", type=parse_dtype, default=torch.float32, help="float32 (default), float16, bfloat16")
+    run.add_argument("--device", help="torch device (default: this process's accelerate device)")
+    run.add_argument("--warmup", type=int, default=1, help="untimed forward passes per model first (default: 1)")
+    run.add_argument("--output-dir", default="evaluation_results", help="report folder (default: evaluation_results)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def resolve_options(
+    args: argparse.Namespace, benchmarks: Mapping[str, Benchmark], generic: Mapping[str, Any]
+) -> argparse.Namespace:
+    """Fill the options left at ``None``: from the benchmark when the data is the benchmark's (``--benchmark`` given,
+    or no ``--dataset``), else from the ``generic`` defaults. The benchmark's dataset, config and revision apply only
+    without ``--dataset``."""
+    uses_benchmark = args.benchmark is not None or args.dataset is None
+    name = args.benchmark or next(iter(benchmarks))
+    benchmark = benchmarks[name]
+    if args.dataset is None:
+        if benchmark.dataset is None:
+            raise InputError(
+                f"Benchmark {name!r} has no public dataset on the hub: pass --dataset ({benchmark.description})."
+            )
+        args.dataset = benchmark.dataset
+        args.dataset_config = args.dataset_config or benchmark.config
+        args.revision = args.revision or benchmark.revision
+    defaults = {**generic, **(benchmark.options if uses_benchmark else {})}
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.benchmark = name if uses_benchmark else None
+    if args.batch_size < 1 or args.warmup < 0 or args.check_samples < 0:
+        raise InputError("--batch-size must be >= 1; --warmup and --check-samples >= 0.")
+    return args
+
+
+# ---------------------------------------------------------------- checks and loading
+
+
+def auto_class_for_task(config: PreTrainedConfig, auto_classes: Sequence[type], kind: str, model: str) -> type:
+    """The first of ``auto_classes`` that loads ``config``'s saved architecture; a ValueError saying that ``model``
+    is not a ``kind`` model otherwise."""
+    architectures = set(config.architectures or [])
+    for auto_class in auto_classes:
+        mapping = auto_class._model_mapping
+        if type(config) not in mapping:
+            continue
+        classes = mapping[type(config)]
+        classes = classes if isinstance(classes, (list, tuple)) else (classes,)
+        names = {klass.__name__ for cls in classes for klass in cls.__mro__}
+        if not architectures or architectures & names:
+            return auto_class
+    what = ", ".join(sorted(architectures)) or f"model_type {config.model_type!r}"
+    raise ValueError(
+        f"{model} is a {what} model, not a {kind} model; this script evaluates models loadable with "
+        f"{' or '.join(a.__name__ for a in auto_classes)}."
+    )
+
+
+def expedited_settings_of(config: PreTrainedConfig) -> dict[str, Any]:
+    """The Expedite settings a config carries (itself or its backbone config)."""
+    from ..conversion import settings_holder
+    from ..settings import expedite_settings
+
+    holder = settings_holder(config)
+    return {} if holder is None else expedite_settings(holder)
+
+
+def check_expedite_request(config: PreTrainedConfig, request: Any) -> dict[str, Any]:
+    """Validate ``--expedite`` against the config (no weights read); return the settings the twin will have."""
+    from ..conversion import is_expedited
+    from .. import expedite_config
+
+    if request is None and is_expedited(config):
+        return expedited_settings_of(config)
+    return expedited_settings_of(expedite_config(config, True if request is None else request))
+
+
+def describe_request(config: PreTrainedConfig, request: Any) -> Any:
+    """``--expedite`` for the report: the request, or what ``None`` means for this checkpoint."""
+    from ..conversion import is_expedited
+
+    if request is None:
+        return "saved settings" if is_expedited(config) else "default preset"
+    return request
+
+
+def load_model(
+    model_id: str, auto_class: type, *, revision: str | None, dtype: torch.dtype, device: torch.device | str
+) -> torch.nn.Module:
+    """The checkpoint as saved (vanilla or expedited), in eval mode on ``device``."""
+    return auto_class.from_pretrained(model_id, revision=revision, dtype=dtype).to(device).eval()
+
+
+def model_pair(model: torch.nn.Module, request: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(vanilla, expedited) sharing ``model``'s weight tensors; one of them is ``model`` itself.
+
+    ``request`` is an ``expedite=`` value; ``None`` keeps an expedited checkpoint's saved settings (and means the
+    default preset for a vanilla one).
+    """
+    from .. import expedite
+    from ..conversion import is_expedited
+
+    if is_expedited(model.config):
+        return expedite(model, False), model if request is None else expedite(model, request)
+    return model, expedite(model, True if request is None else request)
+
+
+def check_references(dataset: Any, task: EvaluationTask, image_column: str, count: int) -> None:
+    """Read the references of the first ``count`` samples (a ValueError names the first bad one) and run the task's
+    joint check on them."""
+    indices = range(min(count, len(dataset)))
+    batches = ImageBatches(
+        dataset, image_column=image_column, columns=task.label_columns, indices=indices, progress=False
+    )
+    references = []
+    for batch in batches:
+        for offset, index in enumerate(batch.indices):
+            columns = {name: batch.columns[name][offset] for name in task.label_columns}
+            references.append(task.reference(index, columns))
+    if references:
+        task.check(references)
+
+
+# ---------------------------------------------------------------- timed evaluation
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_forward(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple[Any, float]:
+    """``model(**inputs)`` under inference mode and its wall-clock seconds (device synchronised)."""
+    device = next(model.parameters()).device
+    _synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        outputs = model(**inputs)
+    _synchronize(device)
+    return outputs, time.perf_counter() - start
+
+
+def stacked_inputs(
+    processor: Any, images: Sequence[Any], device: torch.device | str, dtype: torch.dtype
+) -> Iterator[tuple[list[int], BatchFeature]]:
+    """Preprocess each image alone and stack those whose inputs have equal shapes: (positions in ``images``, inputs
+    on ``device`` with floating tensors in ``dtype``), so no image is padded to the size of another."""
+    groups: dict[tuple, list[tuple[int, BatchFeature]]] = {}
+    for position, image in enumerate(images):
+        encoded = processor(images=image, return_tensors="pt")
+        key = tuple((name, tuple(value.shape)) for name, value in encoded.items())
+        groups.setdefault(key, []).append((position, encoded))
+    for members in groups.values():
+        names = members[0][1].keys()
+        stacked = BatchFeature({name: torch.cat([encoded[name] for _, encoded in members]) for name in names})
+        yield [position for position, _ in members], stacked.to(device=device, dtype=dtype)
+
+
+@dataclass
+class ShardResults:
+    """One process's results, keyed by dataset index (timings by the first index of each forward pass)."""
+
+    statistics: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    timings: dict[int, tuple[int, float, float]] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
+    invalid: dict[int, str] = field(default_factory=dict)
+
+
+def evaluate_shard(
+    vanilla: torch.nn.Module,
+    expedited: torch.nn.Module,
+    processor: Any,
+    task: EvaluationTask,
+    batches: ImageBatches,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    warmup: int,
+) -> ShardResults:
+    """Run both models over ``batches``; keep per-image statistics and per-forward timings."""
+    results = ShardResults()
+    warm = warmup == 0
+    for batch in batches:
+        references: dict[int, Reference] = {}
+        for offset, index in enumerate(batch.indices):
+            try:
+                references[offset] = task.reference(
+                    index, {name: batch.columns[name][offset] for name in task.label_columns}
+                )
+            except ValueError as error:
+                results.invalid[index] = str(error)
+                warnings.warn(f"Skipping a sample with an invalid reference: {error}", stacklevel=2)
+        offsets = list(references)
+        for positions, inputs in stacked_inputs(processor, [batch.images[o] for o in offsets], device, dtype):
+            members = [offsets[p] for p in positions]
+            sizes = [tuple(references[o].map.shape[:2]) for o in members]
+            if not warm:
+                for _ in range(warmup):
+                    timed_forward(vanilla, inputs)
+                    timed_forward(expedited, inputs)
+                warm = True
+            predictions, seconds = [], []
+            for model in (vanilla, expedited):
+                outputs, elapsed = timed_forward(model, inputs)
+                predictions.append(task.predictions(processor, outputs, sizes))
+                seconds.append(elapsed)
+            results.timings[batch.indices[members[0]]] = (len(members), *seconds)
+            for offset, vanilla_prediction, expedited_prediction in zip(members, *predictions):
+                index, reference = batch.indices[offset], references[offset]
+                results.statistics[index] = (
+                    task.statistics(vanilla_prediction, reference, index),
+                    task.statistics(expedited_prediction, reference, index),
+                )
+    results.skipped = {s.index: f"column {s.column!r}: {s.error}" for s in batches.skipped}
+    return results
+
+
+def model_results(task: EvaluationTask, results: ShardResults) -> tuple[ModelResult, ModelResult]:
+    """Metrics (computed once, in dataset order) and speed of both models from the gathered results."""
+    if not results.statistics:
+        raise ValueError(
+            "No sample could be evaluated: "
+            + json.dumps({"skipped": results.skipped, "invalid": results.invalid}, default=str)[:2000]
+        )
+    counts = np.array([count for count, _, _ in results.timings.values()], dtype=np.float64)
+    out = []
+    for position in (0, 1):
+        seconds = np.array([timing[1 + position] for timing in results.timings.values()], dtype=np.float64)
+        out.append(
+            ModelResult(
+                metrics=task.metrics([pair[position] for pair in results.statistics.values()]),
+                images_per_second=float(counts.sum() / seconds.sum()),
+                latency_ms=float(stats.median(1000.0 * seconds / counts)),
+                num_images=len(results.statistics),
+                details={"forward_seconds": float(seconds.sum()), "forward_passes": len(seconds)},
+            )
+        )
+    return out[0], out[1]
+
+
+def gather(results: ShardResults) -> ShardResults:
+    """All processes' results on the main process (empty elsewhere); must be called by every process."""
+    return ShardResults(
+        statistics=gather_by_index(results.statistics),
+        timings=gather_by_index(results.timings),
+        skipped=gather_by_index(results.skipped),
+        invalid=gather_by_index(results.invalid),
+    )
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def cli(main: Callable[[], Any]) -> int:
+    """Run a script's ``main``; an :class:`InputError` becomes a one-line message and exit status 2."""
+    try:
+        main()
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(
+    args: argparse.Namespace,
+    task_type: type[EvaluationTask],
+    make_task: Callable[[argparse.Namespace, PreTrainedConfig, Any], EvaluationTask],
+) -> dict[str, Any] | None:
+    """Evaluate ``args.model`` and its expedited twin (see the module docstring). Returns the report's JSON payload
+    on the main process and None on the others; every process must call it."""
+    try:
+        return _run(args, task_type, make_task)
+    finally:
+        shutdown()
+
+
+def _run(
+    args: argparse.Namespace,
+    task_type: type[EvaluationTask],
+    make_task: Callable[[argparse.Namespace, PreTrainedConfig, Any], EvaluationTask],
+) -> dict[str, Any] | None:
+    state = get_state()
+    try:
+        config = AutoConfig.from_pretrained(args.model, revision=args.model_revision)
+        auto_class = auto_class_for_task(config, task_type.auto_classes, task_type.kind, args.model)
+        settings = check_expedite_request(config, args.expedite)
+        processor = AutoImageProcessor.from_pretrained(args.model, revision=args.model_revision)
+        task = make_task(args, config, processor)
+        dataset = load_eval_dataset(
+            args.dataset,
+            config=args.dataset_config,
+            split=args.split,
+            revision=args.revision,
+            columns=[args.image_column, *task.label_columns],
+            max_samples=args.max_samples,
+        )
+        check_references(dataset, task, args.image_column, args.check_samples)
+    except ValueError as error:
+        raise InputError(str(error)) from error
+
+    device = torch.device(args.device) if args.device else state.device
+    model = load_model(args.model, auto_class, revision=args.model_revision, dtype=args.dtype, device=device)
+    vanilla, expedited = model_pair(model, args.expedite)
+    batches = ImageBatches(
+        dataset,
+        batch_size=args.batch_size,
+        image_column=args.image_column,
+        columns=task.label_columns,
+        indices=shard_indices(len(dataset)),
+        progress=state.is_main_process and not args.no_progress,
+        desc=f"{task.name}: vanilla + expedited",
+    )
+    local = evaluate_shard(
+        vanilla, expedited, processor, task, batches, device=device, dtype=args.dtype, warmup=args.warmup
+    )
+    gathered = gather(local)
+    if not state.is_main_process:
+        return None
+    vanilla_result, expedited_result = model_results(task, gathered)
+    metadata = {
+        "model": args.model,
+        "dataset": " ".join(filter(None, [args.dataset, args.dataset_config, f"split={args.split}", args.revision])),
+        "benchmark": args.benchmark or "custom dataset",
+        "samples": f"{len(dataset)} ({len(gathered.skipped)} undecodable, {len(gathered.invalid)} invalid references)",
+        "expedite": describe_request(config, args.expedite),
+        "expedited settings": {name: value for name, value in settings.items() if value is not None},
+        "device / dtype": f"{device.type} / {str(args.dtype).removeprefix('torch.')}",
+        "batch size / processes": f"{args.batch_size} / {state.num_processes}",
+        "timing": TIMING_NOTE,
+        **task.metadata(),
+    }
+    if gathered.skipped:
+        metadata["skipped samples"] = gathered.skipped
+    if gathered.invalid:
+        metadata["invalid samples"] = gathered.invalid
+    title = f"{task.title}: vanilla vs expedited"
+    markdown_path, json_path = write_report(
+        vanilla_result, expedited_result, args.output_dir, stem=task.name, title=title, metadata=metadata
+    )
+    print(markdown_path.read_text(encoding="utf-8"))
+    return json.loads(json_path.read_text(encoding="utf-8"))

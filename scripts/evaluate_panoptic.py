@@ -1,0 +1,243 @@
+#!/usr/bin/env python
+"""Panoptic segmentation: a Mask2Former model and its expedited twin, side by side, on COCO panoptic (default) or
+ADE20K panoptic.
+
+    python scripts/evaluate_panoptic.py facebook/mask2former-swin-large-coco-panoptic --expedite coco-panoptic
+    python scripts/evaluate_panoptic.py facebook/mask2former-swin-large-ade-panoptic --benchmark ade20k \\
+        --dataset /data/ade20k_panoptic_val --thing-ids 7,8,10,12,14-15,...
+    accelerate launch scripts/evaluate_panoptic.py MODEL --max-samples 500   # several GPUs: same numbers
+
+Predictions come from the image processor's post_process_panoptic_segmentation at each reference's size, with
+--threshold 0.8 (Mask2Former's test-time object threshold), --mask-threshold 0.5, --overlap-threshold 0.8, and the
+stuff classes fused into one segment per class when the things are known. Writes <output-dir>/panoptic.md (PQ, SQ,
+RQ overall / things / stuff, images/s and latency of both models, expedited / vanilla ratios) and .json (with
+per-category scores).
+
+Datasets (--benchmark):
+  coco (default)  nielsr/coco-panoptic-val2017: the 5000 COCO val2017 images (split "train" of that repository) with
+                  columns image, label (panoptic PNG, segment id = R + 256 G + 256^2 B, 0 = void) and segments_info
+                  (id, category_id, iscrowd); a plain Parquet dataset, so it loads with `datasets` 4+ as is. Its
+                  COCO category ids (1..200, with gaps) are matched by name to the model's labels through
+                  huggingface/label-files' coco-panoptic-val2017-id2label.json; things are the model's labels 0-79
+                  (the 80 COCO thing classes come first in every COCO-panoptic Mask2Former checkpoint).
+  ade20k          No public ADE20K panoptic dataset on the hub: pass --dataset with the same three columns, e.g. built
+                  from ADEChallengeData2016 + ade20k_panoptic_val (detectron2's prepare_ade20k_pan_seg.py), and
+                  --thing-ids (the 100 thing classes) for the things / stuff split; category ids = model label ids
+                  unless --label-map says otherwise.
+  --dataset without --benchmark: columns image / label / segments_info, category ids = model label ids, things from
+                  the image processor's metadata (thing_ids) if it has any.
+
+Without thing ids, PQ is reported over all classes (no things / stuff split) and no class is fused. Before any model
+is loaded, the first --check-samples references are decoded and every category is mapped (an error names the sample
+and the unknown ids); later bad samples are skipped and listed, as are undecodable images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from hf_expedite import AutoModelForUniversalSegmentation
+from hf_expedite.evaluation.runner import (
+    Benchmark,
+    EvaluationTask,
+    Reference,
+    build_parser,
+    cli,
+    load_json_option,
+    panoptic_post_processing,
+    parse_ids,
+    resolve_options,
+    run,
+)
+from hf_expedite.metrics import load_metric
+
+COCO_CATEGORY_NAMES = "hf://datasets/huggingface/label-files/coco-panoptic-val2017-id2label.json"
+
+BENCHMARKS = {
+    "coco": Benchmark(
+        "COCO panoptic val2017, 5000 images",
+        dataset="nielsr/coco-panoptic-val2017",
+        options={
+            "split": "train",
+            "image_column": "image",
+            "panoptic_column": "label",
+            "segments_column": "segments_info",
+            "label_map": COCO_CATEGORY_NAMES,
+            "thing_ids": "0-79",
+        },
+    ),
+    "ade20k": Benchmark(
+        "ADE20K panoptic validation (150 classes), columns image / label / segments_info",
+        dataset=None,
+        options={
+            "split": "validation",
+            "image_column": "image",
+            "panoptic_column": "label",
+            "segments_column": "segments_info",
+        },
+    ),
+}
+GENERIC = {
+    "split": "validation",
+    "image_column": "image",
+    "panoptic_column": "label",
+    "segments_column": "segments_info",
+}
+
+
+def category_to_label(mapping: Mapping[Any, Any], id2label: Mapping[int, str]) -> dict[int, int]:
+    """{dataset category id: model label id} from a JSON mapping whose values are label ids or class names (matched
+    to the model's ``id2label`` case-insensitively); unknown names raise a ValueError listing them."""
+    by_name = {name.lower(): int(label) for label, name in id2label.items()}
+    out, unknown = {}, []
+    for category, value in mapping.items():
+        if isinstance(value, str):
+            if value.lower() not in by_name:
+                unknown.append(value)
+                continue
+            value = by_name[value.lower()]
+        out[int(category)] = int(value)
+    if unknown:
+        raise ValueError(f"--label-map names {unknown[:10]} are not classes of the model (id2label).")
+    return out
+
+
+def segment_ids(value: Any, column: str, index: int) -> np.ndarray:
+    """A panoptic map as int64 segment ids: RGB PNGs decode as R + 256 G + 256^2 B (COCO), one-channel maps as is."""
+    array = np.asarray(value)
+    if array.ndim == 3 and array.shape[-1] >= 3 and np.issubdtype(array.dtype, np.integer):
+        rgb = array[..., :3].astype(np.int64)
+        return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"Image {index}: column {column!r} holds a {array.dtype} array of shape {array.shape}; expected a "
+            "panoptic map (RGB-encoded ids or a one-channel id image)."
+        )
+    return array.astype(np.int64)
+
+
+class PanopticTask(EvaluationTask):
+    """Panoptic maps against reference segments, with the bundled `panoptic_quality` metric (labels as the model's)."""
+
+    name = "panoptic"
+    title = "Panoptic segmentation"
+    kind = "panoptic segmentation"
+    auto_classes = (AutoModelForUniversalSegmentation,)
+
+    def __init__(
+        self,
+        *,
+        panoptic_column: str,
+        segments_column: str,
+        num_labels: int,
+        label_map: dict[int, int] | None,
+        thing_ids: set[int] | None,
+        threshold: float,
+        mask_threshold: float,
+        overlap_threshold: float,
+    ) -> None:
+        self.label_columns = (panoptic_column, segments_column)
+        self.panoptic_column, self.segments_column = panoptic_column, segments_column
+        self.num_labels = num_labels
+        self.label_map = label_map
+        self.thing_ids = thing_ids
+        self.post_processing = panoptic_post_processing(
+            num_labels, thing_ids, threshold, mask_threshold, overlap_threshold
+        )
+        self.metric = load_metric("panoptic_quality")
+
+    def _label(self, category: int) -> int | None:
+        label = category if self.label_map is None else self.label_map.get(category)
+        return label if label is not None and 0 <= label < self.num_labels else None
+
+    def reference(self, index: int, columns: Mapping[str, Any]) -> Reference:
+        ids = segment_ids(columns[self.panoptic_column], self.panoptic_column, index)
+        segments, unknown = [], set()
+        for segment in columns[self.segments_column] or []:
+            category = int(segment["category_id"])
+            label = self._label(category)
+            if label is None:
+                unknown.add(category)
+                continue
+            crowd = int(segment.get("iscrowd") or 0)
+            segments.append({"id": int(segment["id"]), "category_id": label, "iscrowd": crowd})
+        if unknown:
+            if self.label_map is not None:
+                where = "have no entry in --label-map"
+            else:
+                where = f"lie outside the model's labels [0, {self.num_labels}) (map them with --label-map)"
+            raise ValueError(f"Image {index}: segment category ids {sorted(unknown)[:10]} {where}.")
+        self.metric.image_statistics(np.zeros_like(ids), ids, [], segments, index=index)  # checks the segment list
+        return Reference(ids, segments)
+
+    def predictions(self, processor: Any, outputs: Any, sizes: Sequence[tuple[int, int]]) -> list[tuple]:
+        results = processor.post_process_panoptic_segmentation(
+            outputs, target_sizes=list(sizes), **self.post_processing
+        )
+        return [(result["segmentation"].cpu().numpy().astype(np.int64), result["segments_info"]) for result in results]
+
+    def statistics(self, prediction: tuple, reference: Reference, index: int) -> dict:
+        segmentation, segments = prediction
+        return self.metric.image_statistics(segmentation, reference.map, segments, reference.info, index=index)
+
+    def metrics(self, statistics: Sequence[dict]) -> dict[str, Any]:
+        return self.metric.metrics_from_statistics(statistics, self.thing_ids)
+
+    def metadata(self) -> dict[str, Any]:
+        things = "unknown (no split, nothing fused)" if not self.thing_ids else f"{len(self.thing_ids)} classes"
+        return {
+            "segments": f"columns {self.panoptic_column!r} / {self.segments_column!r}, {self.num_labels} classes, "
+            f"category map: {'yes' if self.label_map is not None else 'identity'}, things: {things}",
+            "post-processing": {k: v for k, v in self.post_processing.items() if k != "label_ids_to_fuse"},
+        }
+
+
+def make_task(args: argparse.Namespace, config: Any, processor: Any) -> PanopticTask:
+    id2label = {int(label): name for label, name in config.id2label.items()}
+    label_map = category_to_label(load_json_option(args.label_map), id2label) if args.label_map else None
+    if args.thing_ids is not None:
+        thing_ids = parse_ids(args.thing_ids)
+    else:
+        thing_ids = set((getattr(processor, "metadata", None) or {}).get("thing_ids", ())) or None
+    return PanopticTask(
+        panoptic_column=args.panoptic_column,
+        segments_column=args.segments_column,
+        num_labels=len(id2label),
+        label_map=label_map,
+        thing_ids=thing_ids,
+        threshold=args.threshold,
+        mask_threshold=args.mask_threshold,
+        overlap_threshold=args.overlap_threshold,
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser(__doc__, BENCHMARKS)
+    panoptic = parser.add_argument_group("panoptic")
+    panoptic.add_argument("--panoptic-column", help="column with the panoptic maps (default: label)")
+    panoptic.add_argument("--segments-column", help="column with the segment lists (default: segments_info)")
+    panoptic.add_argument(
+        "--label-map",
+        help="JSON {dataset category id: model label id or class name}, inline, a file or hf://[datasets/]owner/repo/"
+        "file (coco: the label-files id2label)",
+    )
+    panoptic.add_argument("--thing-ids", help="model label ids of thing classes, e.g. 0-79 (coco: 0-79)")
+    panoptic.add_argument("--threshold", type=float, default=0.8, help="query score threshold (default: 0.8)")
+    panoptic.add_argument("--mask-threshold", type=float, default=0.5, help="mask binarisation (default: 0.5)")
+    panoptic.add_argument("--overlap-threshold", type=float, default=0.8, help="overlap area threshold (default: 0.8)")
+    return resolve_options(parser.parse_args(argv), BENCHMARKS, GENERIC)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Run the evaluation; the report's JSON payload on the main process, None on the others."""
+    return run(parse_args(argv), PanopticTask, make_task)
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main))
