@@ -65,3 +65,10 @@ def test_report_table_plot_and_case_registry(case, tmp_path):
     assert {"vit-b16-512", "vit-l16-640-ade20k"} <= set(all_cases())
     assert set(paper_cases()) <= set(all_cases())
     assert script.main(["--list"]) == 0
+
+
+def test_every_bundled_photograph_loads():
+    from hf_expedite.benchmark.photos import PHOTOGRAPHS, photo_batch
+
+    batch = photo_batch(32, 48, batch_size=len(PHOTOGRAPHS))
+    assert batch.shape == (len(PHOTOGRAPHS), 3, 32, 48) and torch.isfinite(batch).all()

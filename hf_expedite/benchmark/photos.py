@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field")
+PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "camera")
 
 
 def photograph(name: str) -> Image.Image:
