@@ -14,6 +14,7 @@ from collections.abc import Collection
 from typing import Any
 
 import torch
+from torch import nn
 from huggingface_hub.dataclasses import strict
 from transformers import AutoBackbone, Dinov2Config, Dinov2WithRegistersConfig, PreTrainedConfig
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutput
@@ -127,17 +128,14 @@ def _run_encoder(
     return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-class ExpeditedDinov2Encoder(Dinov2Encoder):
-    """``Dinov2Encoder`` running the expedited layer loop; hidden states are recorded full resolution from a tap.
+class _ExpeditedEncoderMixin:
+    """The expedited layer loop for a DINOv2 encoder class; hidden states are recorded full resolution from a tap.
 
     ``expedite_grid`` (the patch-token grid) and ``expedite_wanted`` (hidden-state indices to reconstruct, ``None`` =
     all) come from the backbone. Attentions recorded after clustering are over ``P + M`` tokens.
     """
 
-    config_class = ExpeditedDinov2Config
-    _can_record_outputs = {"hidden_states": HIDDEN_STATES_RECORDER, "attentions": Dinov2Attention}
-
-    def __init__(self, config: ExpeditedDinov2Config):
+    def __init__(self, config: ExpeditedDinov2Config | ExpeditedDinov2WithRegistersConfig):
         super().__init__(config)
         self.hidden_states_tap = HiddenStatesTap()
         # Install the recording hooks now: installing them lazily takes a lock that torch.compile cannot trace.
@@ -156,28 +154,18 @@ class ExpeditedDinov2Encoder(Dinov2Encoder):
         return _run_encoder(self, hidden_states, attention_mask, expedite_grid, expedite_wanted, kwargs)
 
 
-class ExpeditedDinov2WithRegistersEncoder(Dinov2WithRegistersEncoder):
-    """``Dinov2WithRegistersEncoder`` running the expedited layer loop (see :class:`ExpeditedDinov2Encoder`)."""
+class ExpeditedDinov2Encoder(_ExpeditedEncoderMixin, Dinov2Encoder):
+    """``Dinov2Encoder`` running the expedited layer loop (see :class:`_ExpeditedEncoderMixin`)."""
+
+    config_class = ExpeditedDinov2Config
+    _can_record_outputs = {"hidden_states": HIDDEN_STATES_RECORDER, "attentions": Dinov2Attention}
+
+
+class ExpeditedDinov2WithRegistersEncoder(_ExpeditedEncoderMixin, Dinov2WithRegistersEncoder):
+    """``Dinov2WithRegistersEncoder`` running the expedited layer loop (see :class:`_ExpeditedEncoderMixin`)."""
 
     config_class = ExpeditedDinov2WithRegistersConfig
     _can_record_outputs = {"hidden_states": HIDDEN_STATES_RECORDER, "attentions": Dinov2WithRegistersAttention}
-
-    def __init__(self, config: ExpeditedDinov2WithRegistersConfig):
-        super().__init__(config)
-        self.hidden_states_tap = HiddenStatesTap()
-        maybe_install_capturing_hooks(self)
-
-    @merge_with_config_defaults
-    @capture_outputs(tie_last_hidden_states=False)
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        expedite_grid: tuple[int, int] | None = None,
-        expedite_wanted: Collection[int] | None = None,
-        **kwargs,
-    ) -> BaseModelOutput:
-        return _run_encoder(self, hidden_states, attention_mask, expedite_grid, expedite_wanted, kwargs)
 
 
 def _expedite_kwargs(
@@ -196,36 +184,34 @@ def _expedite_kwargs(
     return kwargs
 
 
-class ExpeditedDinov2Backbone(StrictLoadingMixin, Dinov2Backbone):
+class _ExpeditedBackboneMixin:
+    """A DINOv2 backbone whose encoder (``encoder_class``) clusters patch tokens; outputs keep vanilla shapes."""
+
+    encoder_class: type[nn.Module]
+
+    def __init__(self, config: ExpeditedDinov2Config | ExpeditedDinov2WithRegistersConfig):
+        super().__init__(config)
+        self.encoder = self.encoder_class(config)
+        self.post_init()
+
+    def forward(
+        self, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BackboneOutput:
+        return super().forward(pixel_values, attention_mask, **_expedite_kwargs(self, pixel_values, kwargs))
+
+
+class ExpeditedDinov2Backbone(StrictLoadingMixin, _ExpeditedBackboneMixin, Dinov2Backbone):
     """``Dinov2Backbone`` whose encoder clusters patch tokens; feature maps and hidden states keep vanilla shapes."""
 
     config_class = ExpeditedDinov2Config
-
-    def __init__(self, config: ExpeditedDinov2Config):
-        super().__init__(config)
-        self.encoder = ExpeditedDinov2Encoder(config)
-        self.post_init()
-
-    def forward(
-        self, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BackboneOutput:
-        return super().forward(pixel_values, attention_mask, **_expedite_kwargs(self, pixel_values, kwargs))
+    encoder_class = ExpeditedDinov2Encoder
 
 
-class ExpeditedDinov2WithRegistersBackbone(StrictLoadingMixin, Dinov2WithRegistersBackbone):
+class ExpeditedDinov2WithRegistersBackbone(StrictLoadingMixin, _ExpeditedBackboneMixin, Dinov2WithRegistersBackbone):
     """``Dinov2WithRegistersBackbone`` whose encoder clusters patch tokens (CLS and registers carried through)."""
 
     config_class = ExpeditedDinov2WithRegistersConfig
-
-    def __init__(self, config: ExpeditedDinov2WithRegistersConfig):
-        super().__init__(config)
-        self.encoder = ExpeditedDinov2WithRegistersEncoder(config)
-        self.post_init()
-
-    def forward(
-        self, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BackboneOutput:
-        return super().forward(pixel_values, attention_mask, **_expedite_kwargs(self, pixel_values, kwargs))
+    encoder_class = ExpeditedDinov2WithRegistersEncoder
 
 
 mirror_conversion_mapping("ExpeditedDinov2Backbone", "Dinov2Backbone")

@@ -111,11 +111,26 @@ def local_layout(
     )
 
 
+def _pooling_matrix(size: int, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """``(bins, size)`` averaging weights of adaptive average pooling along one axis (bin j covers
+    ``[floor(j * size / bins), ceil((j + 1) * size / bins))``, PyTorch's rule)."""
+    index = torch.arange(bins, device=like.device)
+    starts, ends = (index * size) // bins, -((-(index + 1) * size) // bins)
+    positions = torch.arange(size, device=like.device)
+    inside = (positions[None, :] >= starts[:, None]) & (positions[None, :] < ends[:, None])
+    return inside.to(like.dtype) / (ends - starts).to(like.dtype)[:, None]
+
+
 def initial_centres(tokens: torch.Tensor, grid: tuple[int, int], cluster_grid: tuple[int, int]) -> torch.Tensor:
-    """Adaptive average pooling of the ``(B, N, C)`` token map to ``(B, M, C)`` centres."""
+    """Adaptive average pooling of the ``(B, N, C)`` token map to ``(B, M, C)`` centres.
+
+    Pooling is separable, so it runs as two small matrix products on the token layout (faster than
+    ``F.adaptive_avg_pool2d`` on a channels-last view, and equal to it up to rounding).
+    """
     batch, _, channels = tokens.shape
-    token_map = tokens.transpose(1, 2).reshape(batch, channels, *grid)
-    return F.adaptive_avg_pool2d(token_map, cluster_grid).flatten(2).transpose(1, 2)
+    rows, cols = _pooling_matrix(grid[0], cluster_grid[0], tokens), _pooling_matrix(grid[1], cluster_grid[1], tokens)
+    pooled = torch.einsum("jw,bhwc->bhjc", cols, tokens.view(batch, *grid, channels))
+    return torch.einsum("ih,bhjc->bijc", rows, pooled).reshape(batch, -1, channels)
 
 
 def _centred(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,23 +176,31 @@ def cluster_tokens(
     centres = initial_centres(x, grid, cluster_grid)
     batch, num_clusters, channels = centres.shape
     layout = local_layout(grid, cluster_grid, window_size, x.device)
-    # Row N of the tokens and row M of the centres are zeros that stand for empty tile slots. Empty slots get no
-    # assignment, so the extra centre row stays zero through the updates.
+    num_tiles, tile_tokens = layout.tile_tokens.shape
+    tile_clusters = layout.tile_centres.shape[1]
+    # Row N of the tokens and row M of the centres are zeros that stand for empty tile slots. Empty token slots
+    # get zero assignment, so the extra centre row stays zero through the updates.
     x = torch.cat([x, x.new_zeros(batch, 1, channels)], 1)
     centres = torch.cat([centres, centres.new_zeros(batch, 1, channels)], 1)
-    x_tiles = x[:, layout.tile_tokens]  # (B, T, n, C): tokens never change, gather them once
-    x_sq = x.square().sum(-1)[:, layout.tile_tokens, None]
-    token_weight = layout.token_valid.to(x.dtype)[..., None]
+    x_tiles = x[:, layout.tile_tokens].reshape(batch * num_tiles, tile_tokens, channels)  # gathered once
+    # softmax(-|x - s|^2 / t) over a token's candidates = softmax((2<x, s> - |s|^2) / t): |x|^2 is constant per
+    # token. Forbidden pairs get -inf; empty token slots allow everything (finite) and are zeroed afterwards.
+    forbidden = ~(layout.allowed | ~layout.token_valid[..., None])
+    mask = torch.zeros(forbidden.shape, dtype=x.dtype, device=x.device).masked_fill_(forbidden, -math.inf)
+    token_weight = layout.token_valid.to(x.dtype)[None, :, :, None]
     flat_centres = layout.tile_centres.reshape(-1)
     for _ in range(iterations):
-        region = centres[:, layout.tile_centres]  # (B, T, m, C)
-        region_sq = centres.square().sum(-1)[:, layout.tile_centres]
-        dist = x_sq + region_sq[:, :, None, :] - 2 * x_tiles @ region.transpose(-1, -2)
-        assign = torch.softmax(-dist.masked_fill(~layout.allowed, math.inf) / temperature, dim=-1)
-        assign = torch.nan_to_num(assign) * token_weight  # empty slots have no allowed cluster (NaN row) -> 0
+        region = centres[:, layout.tile_centres].reshape(batch * num_tiles, tile_clusters, channels)
+        bias = mask - (centres.square().sum(-1)[:, layout.tile_centres] / temperature)[:, :, None, :]
+        logits = torch.baddbmm(bias.reshape(batch * num_tiles, tile_tokens, tile_clusters), x_tiles,
+                               region.transpose(1, 2), alpha=2.0 / temperature)
+        assign = torch.softmax(logits, dim=-1).view(batch, num_tiles, tile_tokens, tile_clusters) * token_weight
+        assign = assign.reshape(batch * num_tiles, tile_tokens, tile_clusters)
         numerator = x.new_zeros(batch, num_clusters + 1, channels)
-        numerator.index_add_(1, flat_centres, (assign.transpose(-1, -2) @ x_tiles).flatten(1, 2))
-        denominator = x.new_zeros(batch, num_clusters + 1).index_add_(1, flat_centres, assign.sum(-2).flatten(1))
+        weighted = (assign.transpose(1, 2) @ x_tiles).view(batch, num_tiles * tile_clusters, channels)
+        numerator.index_add_(1, flat_centres, weighted)
+        mass = assign.sum(1).view(batch, num_tiles * tile_clusters)
+        denominator = x.new_zeros(batch, num_clusters + 1).index_add_(1, flat_centres, mass)
         centres = numerator / denominator.clamp_min(1e-16)[..., None]
     centres = centres[:, :num_clusters]
     return (centres + shift).to(tokens.dtype)
