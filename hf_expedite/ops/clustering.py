@@ -133,7 +133,7 @@ def initial_centres(tokens: torch.Tensor, grid: tuple[int, int], cluster_grid: t
     return torch.einsum("ih,bhjc->bijc", rows, pooled).reshape(batch, -1, channels)
 
 
-def _centred(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def centred(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens in (at least) float32 minus their per-item mean, and that mean.
 
     Distances do not change under a common shift, and removing it keeps the expanded form
@@ -172,7 +172,7 @@ def cluster_tokens(
         window_size: odd locality window, in cluster-grid cells.
     """
     _check_inputs(tokens, grid, cluster_grid, window_size)
-    x, shift = _centred(tokens)
+    x, shift = centred(tokens)
     centres = initial_centres(x, grid, cluster_grid)
     batch, num_clusters, channels = centres.shape
     layout = local_layout(grid, cluster_grid, window_size, x.device)
@@ -217,7 +217,7 @@ def cluster_tokens_dense(
 ) -> torch.Tensor:
     """Reference implementation of :func:`cluster_tokens` with dense ``(B, M, N)`` masked distances (for tests)."""
     _check_inputs(tokens, grid, cluster_grid, window_size)
-    x, shift = _centred(tokens)
+    x, shift = centred(tokens)
     centres = initial_centres(x, grid, cluster_grid)
     rows, cols = cluster_grid
     home = home_cells(grid, cluster_grid, x.device)

@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .clustering import centred
+
 ReconstructionMode = Literal["knn", "hard"]
 ReconstructionNormalization = Literal["l1", "l2"]
 
@@ -75,10 +77,8 @@ class TokenReconstruction:
         """Weights from the ``(B, N, C)`` tokens and the ``(B, M, C)`` centres at the clustering point."""
         if mode not in ("knn", "hard"):
             raise ValueError(f"`reconstruction_mode` must be 'knn' or 'hard', got {mode!r}.")
-        dtype = torch.promote_types(tokens.dtype, torch.float32)
-        z, s = tokens.to(dtype), centres.to(dtype)
-        shift = z.mean(1, keepdim=True)  # distances are shift-invariant; centring keeps the expanded form accurate
-        distances = squared_distances(z - shift, s - shift)
+        z, shift = centred(tokens)
+        distances = squared_distances(z, centres.to(z.dtype) - shift)
         if mode == "hard":
             return cls(hard_weights(distances))
         return cls(knn_weights(distances, k, temperature, normalization))
