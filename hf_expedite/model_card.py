@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from string import Template
@@ -36,7 +37,14 @@ from .auto import auto_class_for
 from .conversion import settings_holder, vanilla_class
 from .settings import WindowedExpediteSettings, expedite_settings
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
+def _template_path() -> Path:
+    """``model_cards/template.md`` of a source checkout, else the copy a wheel installs under ``sys.prefix``."""
+    checkout = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
+    installed = Path(sys.prefix) / "share" / "hf_expedite" / "model_cards" / "template.md"
+    return checkout if checkout.exists() else installed
+
+
+TEMPLATE_PATH = _template_path()
 
 CITATION = """@inproceedings{liang2022expediting,
   title         = {Expediting Large-Scale Vision Transformer for Dense Prediction without Fine-tuning},
