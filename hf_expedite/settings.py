@@ -79,6 +79,15 @@ def expedite_settings(config: Any) -> dict[str, Any]:
     return {name: getattr(config, name) for name in setting_names(windowed)}
 
 
+def convert_config(expedited_class: type, config: Any, vanilla_type: str, **settings: Any) -> Any:
+    """``config`` (model_type ``vanilla_type`` or already expedited) as an ``expedited_class`` with ``settings``."""
+    if config.model_type not in (vanilla_type, expedited_class.model_type):
+        raise ValueError(
+            f"Expected a {vanilla_type} config (model_type {vanilla_type!r}), got model_type {config.model_type!r}."
+        )
+    return expedited_class.from_dict(config.to_dict(), **settings)
+
+
 def fill_defaults(config: ExpediteSettings, defaults: dict[str, Any]) -> None:
     """Set every setting of ``config`` that is still ``None`` from ``defaults`` (a preset).
 

@@ -24,7 +24,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import setting_names
+from ..settings import convert_config, setting_names
 from .swin import ExpeditedSwinConfig, expedite_swin_config
 
 SUPPORTED_BACKBONES = ("swin", ExpeditedSwinConfig.model_type)
@@ -67,9 +67,7 @@ class ExpeditedMask2FormerConfig(Mask2FormerConfig):
 def expedite_mask2former_config(config: Mask2FormerConfig, **settings) -> ExpeditedMask2FormerConfig:
     """The expedited version of a Mask2Former config (vanilla or already expedited): its Swin backbone config swapped
     for an :class:`ExpeditedSwinConfig` with ``settings`` applied. Other backbones raise a ``ValueError``."""
-    if config.model_type not in ("mask2former", ExpeditedMask2FormerConfig.model_type):
-        raise ValueError(f"Expected a Mask2Former config, got model_type {config.model_type!r}.")
-    return ExpeditedMask2FormerConfig.from_dict(config.to_dict(), **settings)
+    return convert_config(ExpeditedMask2FormerConfig, config, "mask2former", **settings)
 
 
 class ExpeditedMask2FormerForUniversalSegmentation(StrictLoadingMixin, Mask2FormerForUniversalSegmentation):

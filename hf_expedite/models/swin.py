@@ -20,7 +20,7 @@ from transformers.models.swin.modeling_swin import SwinAttention, SwinLayer, Swi
 
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import WindowedExpediteSettings
+from ..settings import WindowedExpediteSettings, convert_config
 from ..windows import (
     clustered_span,
     finalize_windowed_settings,
@@ -46,9 +46,7 @@ class ExpeditedSwinConfig(WindowedExpediteSettings, SwinConfig):
 
 def expedite_swin_config(config: SwinConfig, **settings) -> ExpeditedSwinConfig:
     """The expedited version of a Swin config (vanilla or already expedited), with ``settings`` applied."""
-    if config.model_type not in ("swin", ExpeditedSwinConfig.model_type):
-        raise ValueError(f"Expected a Swin config (model_type 'swin'), got model_type {config.model_type!r}.")
-    return ExpeditedSwinConfig.from_dict(config.to_dict(), **settings)
+    return convert_config(ExpeditedSwinConfig, config, "swin", **settings)
 
 
 class ExpeditedSwinAttention(SwinAttention):

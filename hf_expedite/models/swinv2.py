@@ -28,7 +28,7 @@ from transformers.models.swinv2.modeling_swinv2 import (
 
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import WindowedExpediteSettings
+from ..settings import WindowedExpediteSettings, convert_config
 from ..windows import (
     clustered_span,
     finalize_windowed_settings,
@@ -53,9 +53,7 @@ class ExpeditedSwinv2Config(WindowedExpediteSettings, Swinv2Config):
 
 def expedite_swinv2_config(config: Swinv2Config, **settings) -> ExpeditedSwinv2Config:
     """The expedited version of a Swinv2 config (vanilla or already expedited), with ``settings`` applied."""
-    if config.model_type not in ("swinv2", ExpeditedSwinv2Config.model_type):
-        raise ValueError(f"Expected a Swinv2 config (model_type 'swinv2'), got model_type {config.model_type!r}.")
-    return ExpeditedSwinv2Config.from_dict(config.to_dict(), **settings)
+    return convert_config(ExpeditedSwinv2Config, config, "swinv2", **settings)
 
 
 def is_swinv2_family(config: object) -> bool:
