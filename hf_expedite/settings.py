@@ -79,11 +79,13 @@ def expedite_settings(config: Any) -> dict[str, Any]:
     return {name: getattr(config, name) for name in setting_names(windowed)}
 
 
-def convert_config(expedited_class: type, config: Any, vanilla_type: str, **settings: Any) -> Any:
-    """``config`` (model_type ``vanilla_type`` or already expedited) as an ``expedited_class`` with ``settings``."""
+def convert_config(expedited_class: type, config: Any, vanilla_class: type, **settings: Any) -> Any:
+    """``config`` (a ``vanilla_class`` config or an already expedited one) as an ``expedited_class`` with ``settings``."""
+    vanilla_type = vanilla_class.model_type
     if config.model_type not in (vanilla_type, expedited_class.model_type):
+        name = vanilla_class.__name__.removesuffix("Config")
         raise ValueError(
-            f"Expected a {vanilla_type} config (model_type {vanilla_type!r}), got model_type {config.model_type!r}."
+            f"Expected a {name} config (model_type {vanilla_type!r}), got model_type {config.model_type!r}."
         )
     return expedited_class.from_dict(config.to_dict(), **settings)
 

@@ -67,7 +67,7 @@ class ExpeditedMask2FormerConfig(Mask2FormerConfig):
 def expedite_mask2former_config(config: Mask2FormerConfig, **settings) -> ExpeditedMask2FormerConfig:
     """The expedited version of a Mask2Former config (vanilla or already expedited): its Swin backbone config swapped
     for an :class:`ExpeditedSwinConfig` with ``settings`` applied. Other backbones raise a ``ValueError``."""
-    return convert_config(ExpeditedMask2FormerConfig, config, "mask2former", **settings)
+    return convert_config(ExpeditedMask2FormerConfig, config, Mask2FormerConfig, **settings)
 
 
 class ExpeditedMask2FormerForUniversalSegmentation(StrictLoadingMixin, Mask2FormerForUniversalSegmentation):

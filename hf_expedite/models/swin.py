@@ -46,7 +46,7 @@ class ExpeditedSwinConfig(WindowedExpediteSettings, SwinConfig):
 
 def expedite_swin_config(config: SwinConfig, **settings) -> ExpeditedSwinConfig:
     """The expedited version of a Swin config (vanilla or already expedited), with ``settings`` applied."""
-    return convert_config(ExpeditedSwinConfig, config, "swin", **settings)
+    return convert_config(ExpeditedSwinConfig, config, SwinConfig, **settings)
 
 
 class ExpeditedSwinAttention(SwinAttention):

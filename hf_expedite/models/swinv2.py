@@ -53,7 +53,7 @@ class ExpeditedSwinv2Config(WindowedExpediteSettings, Swinv2Config):
 
 def expedite_swinv2_config(config: Swinv2Config, **settings) -> ExpeditedSwinv2Config:
     """The expedited version of a Swinv2 config (vanilla or already expedited), with ``settings`` applied."""
-    return convert_config(ExpeditedSwinv2Config, config, "swinv2", **settings)
+    return convert_config(ExpeditedSwinv2Config, config, Swinv2Config, **settings)
 
 
 def is_swinv2_family(config: object) -> bool:
