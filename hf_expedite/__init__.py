@@ -3,6 +3,7 @@
 Importing the package registers every ``expedited_*`` model type with transformers' Auto classes.
 """
 
+from . import compat  # noqa: F401  (first: checks the transformers version)
 from .models import *  # noqa: F403
 from .models import __all__ as _model_classes
 from .ops import TokenReconstruction, cluster_tokens

@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedConfig
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from . import models
+from .compat import CONFIG_MAPPING
 from .models.dinov2 import expedite_dinov2_config
 from .models.dpt import expedite_depth_anything_config, expedite_dpt_config, uses_backbone_config
 from .models.mask2former import expedite_mask2former_config
@@ -301,8 +301,6 @@ def expedite_config(config: PreTrainedConfig, expedite: Any = True, **settings: 
 def _counterpart(model: torch.nn.Module, config: PreTrainedConfig) -> type:
     """The model class for ``config`` in ``model``'s role: its own class, expedited subclass or vanilla parent."""
     cls = type(model)
-    if type(config) is type(model.config):
-        return cls
     role = vanilla_class(cls)
     if not is_expedited(config):
         return role
@@ -310,6 +308,8 @@ def _counterpart(model: torch.nn.Module, config: PreTrainedConfig) -> type:
         candidate = getattr(models, name)
         if getattr(candidate, "config_class", None) is type(config) and vanilla_class(candidate) is role:
             return candidate
+    if type(config) is type(model.config):
+        return cls
     raise ValueError(f"hf_expedite has no expedited counterpart of {cls.__name__} for {type(config).__name__}.")
 
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Collection, Sequence
 
 import torch
 from torch import nn
-from transformers.utils.output_capturing import OutputRecorder, resolve_hidden_states_indices, selected_hidden_states
 
+from .compat import OutputRecorder, resolve_hidden_states_indices, selected_hidden_states
 from .hourglass import cluster_with_settings
 from .settings import ExpediteSettings
 
@@ -31,7 +31,7 @@ def requested_hidden_states(model: nn.Module, output_hidden_states: object, num_
     selected = selected_hidden_states(output_hidden_states)
     if selected is None:
         return None
-    return resolve_hidden_states_indices(model, selected, num_hidden_states=num_layers + 1)
+    return resolve_hidden_states_indices(selected, num_layers + 1)
 
 
 def run_expedited_layers(

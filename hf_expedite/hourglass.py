@@ -46,6 +46,8 @@ def _cluster(
     reconstruction = TokenReconstruction.from_clustering(
         tokens,
         centres,
+        grid,
+        clusters,
         k=min(config.reconstruction_k, centres.shape[1]),
         temperature=config.reconstruction_temperature,
         normalization=config.reconstruction_normalization,

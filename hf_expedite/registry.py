@@ -9,11 +9,8 @@ Everything here is idempotent, so importing the package twice is harmless.
 from __future__ import annotations
 
 from transformers import AutoConfig, PretrainedConfig
-from transformers.conversion_mapping import (
-    USER_REGISTERED_MAPPINGS,
-    get_checkpoint_conversion_mapping,
-    register_checkpoint_conversion_mapping,
-)
+
+from .compat import USER_REGISTERED_MAPPINGS, get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 
 def mirror_conversion_mapping(expedited_key: str, vanilla_key: str) -> None:

@@ -20,8 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers.models.swin.modeling_swin import window_partition, window_reverse
-
+from .compat import window_partition, window_reverse
 from .hourglass import CLUSTERING_SCOPE, RECONSTRUCTION_SCOPE, cluster_with_settings
 from .ops.reconstruction import TokenReconstruction
 from .settings import WindowedExpediteSettings, fill_defaults, validate_settings

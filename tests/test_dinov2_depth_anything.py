@@ -28,6 +28,7 @@ from transformers import (
 
 import hf_expedite
 from hf_expedite import (
+    ExpeditedDepthAnythingForDepthEstimation,
     ExpeditedDinov2Backbone,
     ExpeditedDinov2Config,
     ExpeditedDinov2WithRegistersBackbone,
@@ -195,15 +196,24 @@ def test_depth_anything_conversion_load_and_parity(tmp_path):
         assert torch.equal(reloaded(pixel_values).predicted_depth, depth)
 
 
-def test_depth_anything_reconstructs_only_the_neck_features():
-    # 6 blocks, clustering after 2: states 3..6 reduced; the neck reads stages 1, 2, 4, 6.
-    config = expedite_depth_anything_config(depth_anything_config(), clustering_location=2, cluster_ratio=0.75)
-    model = DepthAnythingForDepthEstimation(config).eval()
+def test_depth_anything_reconstructs_only_the_neck_features(tmp_path):
+    # 6 blocks, clustering after 2: states 3..6 reduced; the neck reads stages 1, 2, 4, 6. transformers >= 5.25 asks
+    # the backbone for every hidden state; the subclass hf_expedite loads tells it what is read.
+    torch.manual_seed(0)
+    DepthAnythingForDepthEstimation(depth_anything_config()).save_pretrained(tmp_path)
+    settings = {"clustering_location": 2, "cluster_ratio": 0.75}
+    loaded = hf_expedite.AutoModelForDepthEstimation.from_pretrained(tmp_path, expedite=settings).eval()
+    config = DepthAnythingConfig.from_pretrained(tmp_path)
+    built = hf_expedite.AutoModelForDepthEstimation.from_config(config, expedite=settings)
+    twin = hf_expedite.expedite(DepthAnythingForDepthEstimation.from_pretrained(tmp_path).eval(), settings)
     pixel_values = pixels("coffee")
-    count, outputs = count_reconstructions(model, pixel_values)
-    assert count == 2 and outputs.hidden_states is None
-    count, outputs = count_reconstructions(model, pixel_values, output_hidden_states=True)
-    assert count == 4 and all(h.shape == (1, 97, 32) for h in outputs.hidden_states)
+    for model in (loaded, built.eval(), twin):
+        assert type(model) is ExpeditedDepthAnythingForDepthEstimation
+        count, outputs = count_reconstructions(model, pixel_values)
+        assert count == 2 and outputs.hidden_states is None
+        count, outputs = count_reconstructions(model, pixel_values, output_hidden_states=True)
+        assert count == 4 and all(h.shape == (1, 97, 32) for h in outputs.hidden_states)
+    assert type(hf_expedite.expedite(twin, expedite=False)) is DepthAnythingForDepthEstimation
 
 
 def test_dpt_with_dinov2_backbone(tmp_path):

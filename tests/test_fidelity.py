@@ -7,9 +7,12 @@ staying sensible. The tiny-model builders here are shared with test_evaluation_s
 
 import importlib.util
 import json
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
+
 import pytest
 import torch
 from PIL import Image
@@ -81,6 +84,20 @@ def tiny_dpt_segmentation(path: Path) -> Path:
     return path
 
 
+def seeded_init(model: torch.nn.Module) -> None:
+    """Draw every matrix (and conv kernel) of ``model`` from a generator seeded by the parameter's name.
+
+    transformers' init schemes change between releases; the tiny test models must not, so that what they predict
+    (how many segments, say) is the same on every supported release. Vectors (norms, biases) keep the library init.
+    """
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() > 1:
+                generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+                fan_in = parameter[0].numel()
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
+
+
 def tiny_mask2former(path: Path) -> Path:
     """A random 6-class Mask2Former on a tiny Swin; the mask and class heads are amplified so that the random model
     predicts several segments of several classes. Saved with a PIL image processor."""
@@ -108,6 +125,7 @@ def tiny_mask2former(path: Path) -> Path:
         num_attention_heads=2,
     )
     model = Mask2FormerForUniversalSegmentation(config).eval()
+    seeded_init(model)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith(("mask_projection.weight", "mask_embedder.2.0.weight", "class_predictor.weight")):

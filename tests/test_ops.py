@@ -64,7 +64,7 @@ def test_identity_grid_reconstructs_the_input():
     tokens = _tokens(grid, channels=8)
     centres = cluster_tokens(tokens, grid, grid, iterations=5, temperature=0.01, window_size=3)
     torch.testing.assert_close(centres, tokens, rtol=0, atol=1e-4)
-    reconstruction = TokenReconstruction.from_clustering(tokens, centres, k=4, temperature=0.01)
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, grid, grid, k=4, temperature=0.01)
     torch.testing.assert_close(reconstruction(centres), tokens, rtol=0, atol=1e-4)
 
 
@@ -73,7 +73,7 @@ def test_constant_map_reconstructs_to_the_constant_with_l1():
     tokens = torch.full((1, 64, 5), 3.25)
     centres = cluster_tokens(tokens, grid, (3, 3), iterations=5, temperature=1.0, window_size=3)
     torch.testing.assert_close(centres, torch.full((1, 9, 5), 3.25))
-    reconstruction = TokenReconstruction.from_clustering(tokens, centres, k=5, normalization="l1")
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, grid, (3, 3), k=5, normalization="l1")
     torch.testing.assert_close(reconstruction(centres), tokens)
 
 
@@ -81,11 +81,13 @@ def test_each_batch_item_equals_the_item_alone():
     grid, clusters = (10, 14), (5, 7)
     tokens = _tokens(grid, batch=3)
     batched = cluster_tokens(tokens, grid, clusters, temperature=4.0)
-    weights = TokenReconstruction.from_clustering(tokens, batched, k=6, temperature=4.0).weights
+    weights = TokenReconstruction.from_clustering(tokens, batched, grid, clusters, k=6, temperature=4.0).weights
     for item in range(3):
         alone = cluster_tokens(tokens[item : item + 1], grid, clusters, temperature=4.0)
         torch.testing.assert_close(batched[item : item + 1], alone, rtol=0, atol=1e-6)
-        alone_weights = TokenReconstruction.from_clustering(tokens[item : item + 1], alone, k=6, temperature=4.0)
+        alone_weights = TokenReconstruction.from_clustering(
+            tokens[item : item + 1], alone, grid, clusters, k=6, temperature=4.0
+        )
         torch.testing.assert_close(weights[item : item + 1], alone_weights.weights, rtol=0, atol=1e-6)
 
 
@@ -106,7 +108,7 @@ def test_hard_mode_copies_the_nearest_centre():
     tokens = torch.tensor([[[0.0, 0.0], [0.9, 1.0], [5.0, 5.0]]])
     centres = torch.tensor([[[1.0, 1.0], [5.0, 4.0]]])
     refined = torch.tensor([[[10.0], [20.0]]])
-    reconstruction = TokenReconstruction.from_clustering(tokens, centres, mode="hard")
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, (1, 3), (1, 2), mode="hard")
     assert reconstruction(refined).flatten().tolist() == [10.0, 10.0, 20.0]
 
 
@@ -114,7 +116,7 @@ def test_far_tokens_never_become_zero_vectors():
     # exp(-d / t) underflows for every cluster here; the official code would output zero tokens
     tokens = torch.tensor([[[1000.0, 0.0], [0.0, -1000.0]]])
     centres = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
-    reconstruction = TokenReconstruction.from_clustering(tokens, centres, k=2, temperature=0.01)
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, (1, 2), (1, 2), k=2, temperature=0.01)
     assert torch.equal(reconstruction(centres), torch.tensor([[[1.0, 0.0], [1.0, 0.0]]]))
 
 
@@ -126,10 +128,12 @@ def test_half_precision_inputs_with_large_norms(dtype):
     assert centres.dtype == dtype and torch.isfinite(centres).all()
     reference = cluster_tokens(tokens.float(), grid, clusters, temperature=500.0)
     torch.testing.assert_close(centres.float(), reference, rtol=1e-2, atol=0.5)
-    reconstruction = TokenReconstruction.from_clustering(tokens, centres, k=20, temperature=500.0)
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, grid, clusters, k=20, temperature=500.0)
     restored = reconstruction(centres)
     assert restored.dtype == dtype and restored.shape == tokens.shape and torch.isfinite(restored).all()
-    expected = TokenReconstruction.from_clustering(tokens.float(), centres.float(), k=20, temperature=500.0)
+    expected = TokenReconstruction.from_clustering(
+        tokens.float(), centres.float(), grid, clusters, k=20, temperature=500.0
+    )
     torch.testing.assert_close(restored.float(), expected(centres.float()), rtol=1e-2, atol=0.5)
 
 
@@ -146,6 +150,68 @@ def test_invalid_inputs_raise():
     with pytest.raises(ValueError, match="odd"):
         cluster_tokens(tokens, (6, 6), (3, 3), window_size=4)
     with pytest.raises(ValueError, match="reconstruction_k"):
-        TokenReconstruction.from_clustering(tokens, tokens[:, :4], k=5)
+        TokenReconstruction.from_clustering(tokens, tokens[:, :4], (6, 6), (2, 2), k=5)
     with pytest.raises(ValueError, match="reconstruction_mode"):
-        TokenReconstruction.from_clustering(tokens, tokens[:, :4], k=2, mode="soft")
+        TokenReconstruction.from_clustering(tokens, tokens[:, :4], (6, 6), (2, 2), k=2, mode="soft")
+
+
+def _duplicated_patches(grid=(8, 12), channels=32, batch=2):
+    """Tokens with a flat region (exactly duplicated patches) and near-duplicates that differ in the last bits."""
+    tokens = _tokens(grid, channels=channels, batch=batch) * 4 + 30  # a large common component, as in real layers
+    tokens[:, 10:40] = tokens[:, 9:10]  # a flat-colour region: 31 identical tokens in a row
+    tokens[:, 50:60] = tokens[:, 49:50] * (1 + 1e-7)  # rounding-level neighbours
+    return tokens
+
+
+@pytest.mark.parametrize("threads", [1, None])
+@pytest.mark.parametrize("mode", ["knn-l1", "knn-l2", "hard"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_identity_grid_is_exact_with_duplicated_patches(mode, dtype, threads):
+    """Cluster grid == token grid, no iterations, top-1: every token returns bit for bit to its own place, even
+    where patches are identical (a flat region) and distances tie exactly or at rounding level."""
+    grid = (8, 12)
+    tokens = _duplicated_patches(grid).to(dtype)
+    refined = tokens * 3 + torch.arange(grid[0] * grid[1], dtype=dtype)[None, :, None]  # "blocks": tell places apart
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        centres = cluster_tokens(tokens, grid, grid, iterations=0)
+        assert torch.equal(centres, tokens)
+        normalization = "l2" if mode == "knn-l2" else "l1"
+        reconstruction = TokenReconstruction.from_clustering(
+            tokens, centres, grid, grid, k=1, temperature=0.01, normalization=normalization,
+            mode="hard" if mode == "hard" else "knn",
+        )
+        assert torch.equal(reconstruction(refined), refined)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_home_centre_wins_only_rounding_level_ties():
+    """Away from ties the nearest centre wins as in the official code, even when it is not the home centre."""
+    tokens = torch.tensor([[[0.0, 0.0], [10.0, 10.0], [0.1, 0.0]]])  # token 2's home is centre 1, but 0 is nearer
+    centres = torch.tensor([[[0.0, 0.0], [10.0, 10.0]]])
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, (1, 3), (1, 2), mode="hard")
+    assert reconstruction(torch.tensor([[[1.0], [2.0]]])).flatten().tolist() == [1.0, 2.0, 1.0]
+
+
+def test_zero_mass_cluster_collapses_as_in_the_uncentred_formula():
+    """A cluster that gets no assignment mass: the official centre sum(a * t) / max(sum(a), 1e-16) goes to 0, not to
+    the token mean (which would then capture tokens in later iterations)."""
+    grid, clusters = (4, 4), (2, 2)
+    a, b, c = torch.tensor([0.0, 0.0, 0.0]), torch.tensor([8.0, 0.0, 0.0]), torch.tensor([4.0, 6.0, 0.0])
+    tokens = c.repeat(16, 1).double()  # quadrant 3: c
+    tokens[[0, 1, 2, 3, 6, 7]] = a.double()  # quadrant 1 and half of quadrant 0: a
+    tokens[[4, 5, 8, 9, 12, 13]] = b.double()  # quadrant 2 and the other half of quadrant 0: b
+    tokens = tokens[None]  # centre 0 starts at (a + b) / 2, farther from every token than centre 1 or 2
+    local = cluster_tokens(tokens, grid, clusters, iterations=3, temperature=0.05, window_size=3)
+    dense = cluster_tokens_dense(tokens, grid, clusters, iterations=3, temperature=0.05, window_size=3)
+    torch.testing.assert_close(local, dense, rtol=0, atol=1e-10)
+    # the official formula, uncentred (window 3 on a 2 x 2 grid: every cluster is a candidate of every token)
+    centres = F.adaptive_avg_pool2d(tokens.transpose(1, 2).reshape(1, 3, 4, 4), clusters).flatten(2).transpose(1, 2)
+    for _ in range(3):
+        assign = torch.softmax(-torch.cdist(centres, tokens).square() / 0.05, dim=1)
+        centres = assign @ tokens / assign.sum(-1, keepdim=True).clamp_min(1e-16)
+    assert centres[0, 0].abs().max() < 1e-6  # the collapsed centre
+    torch.testing.assert_close(local, centres, rtol=0, atol=1e-9)

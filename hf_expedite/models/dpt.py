@@ -39,16 +39,20 @@ from transformers import (
     DPTForSemanticSegmentation,
     DPTModel,
 )
-from transformers.backbone_utils import filter_output_hidden_states
 from transformers.modeling_outputs import BaseModelOutput, DepthEstimatorOutput, SemanticSegmenterOutput
 from transformers.models.dpt.modeling_dpt import (
     BaseModelOutputWithPoolingAndIntermediateActivations,
     DPTSelfAttention,
     DPTViTEncoder,
 )
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs, maybe_install_capturing_hooks
 
+from ..compat import (
+    can_return_tuple,
+    capture_outputs,
+    filter_output_hidden_states,
+    maybe_install_capturing_hooks,
+    merge_with_config_defaults,
+)
 from ..encoder import HIDDEN_STATES_RECORDER, HiddenStatesTap, requested_hidden_states, run_expedited_layers
 from ..loading import StrictLoadingMixin
 from ..presets.dpt import encoder_depth

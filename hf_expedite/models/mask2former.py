@@ -20,8 +20,8 @@ from transformers import (
     Mask2FormerConfig,
     Mask2FormerForUniversalSegmentation,
 )
-from transformers.configuration_utils import SubConfigSpec
 
+from ..compat import SubConfigSpec
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
 from ..settings import convert_config, setting_names

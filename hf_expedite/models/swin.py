@@ -15,9 +15,9 @@ import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoBackbone, SwinBackbone, SwinConfig
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.swin.modeling_swin import SwinAttention, SwinLayer, SwinStage, eager_attention_forward
+from transformers.models.swin.modeling_swin import SwinAttention, SwinLayer, SwinStage
 
+from ..compat import ALL_ATTENTION_FUNCTIONS, eager_attention_forward
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
 from ..settings import WindowedExpediteSettings, convert_config

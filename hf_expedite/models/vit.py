@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from huggingface_hub.dataclasses import strict
 from transformers import AutoModel, AutoModelForImageClassification, ViTConfig, ViTForImageClassification, ViTModel
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.vit.modeling_vit import ViTAttention
-from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs, maybe_install_capturing_hooks
 
+from ..compat import (
+    capture_outputs,
+    create_bidirectional_mask,
+    maybe_install_capturing_hooks,
+    merge_with_config_defaults,
+)
 from ..encoder import HIDDEN_STATES_RECORDER, HiddenStatesTap, requested_hidden_states, run_expedited_layers
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model

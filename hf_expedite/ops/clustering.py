@@ -144,6 +144,18 @@ def centred(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x - shift, shift
 
 
+def weighted_means(numerator: torch.Tensor, mass: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Centred centres ``numerator / mass`` with the official ``1e-16`` floor on the mass, as if uncentred.
+
+    The official code divides the uncentred sum ``sum(a * t)`` by ``max(mass, 1e-16)``: a cluster that receives
+    (almost) no mass collapses towards the origin, not to the token mean. ``numerator`` sums centred tokens, so the
+    mean's share ``shift * mass / max(mass, 1e-16)`` is added back (and ``shift`` subtracted to stay centred); for any
+    cluster with mass above the floor that correction is exactly zero.
+    """
+    floored = mass.clamp_min(1e-16)
+    return numerator / floored[..., None] + shift * (mass / floored - 1)[..., None]
+
+
 def _check_inputs(tokens: torch.Tensor, grid: tuple[int, int], cluster_grid: tuple[int, int], window_size: int) -> None:
     if tokens.dim() != 3 or tokens.shape[1] != grid[0] * grid[1]:
         raise ValueError(f"Expected (batch, {grid[0]}*{grid[1]}, channels) tokens, got shape {tuple(tokens.shape)}.")
@@ -172,8 +184,11 @@ def cluster_tokens(
         window_size: odd locality window, in cluster-grid cells.
     """
     _check_inputs(tokens, grid, cluster_grid, window_size)
+    pooled = initial_centres(tokens.to(torch.promote_types(tokens.dtype, torch.float32)), grid, cluster_grid)
+    if iterations == 0:  # pooled from the tokens themselves: exact when the cluster grid equals the token grid
+        return pooled.to(tokens.dtype)
     x, shift = centred(tokens)
-    centres = initial_centres(x, grid, cluster_grid)
+    centres = pooled - shift
     batch, num_clusters, channels = centres.shape
     layout = local_layout(grid, cluster_grid, window_size, x.device)
     num_tiles, tile_tokens = layout.tile_tokens.shape
@@ -201,7 +216,7 @@ def cluster_tokens(
         numerator.index_add_(1, flat_centres, weighted)
         mass = assign.sum(1).view(batch, num_tiles * tile_clusters)
         denominator = x.new_zeros(batch, num_clusters + 1).index_add_(1, flat_centres, mass)
-        centres = numerator / denominator.clamp_min(1e-16)[..., None]
+        centres = weighted_means(numerator, denominator, shift)
     centres = centres[:, :num_clusters]
     return (centres + shift).to(tokens.dtype)
 
@@ -218,7 +233,7 @@ def cluster_tokens_dense(
     """Reference implementation of :func:`cluster_tokens` with dense ``(B, M, N)`` masked distances (for tests)."""
     _check_inputs(tokens, grid, cluster_grid, window_size)
     x, shift = centred(tokens)
-    centres = initial_centres(x, grid, cluster_grid)
+    centres = initial_centres(tokens.to(x.dtype), grid, cluster_grid) - shift
     rows, cols = cluster_grid
     home = home_cells(grid, cluster_grid, x.device)
     cluster_ids = torch.arange(rows * cols, device=x.device)
@@ -229,5 +244,5 @@ def cluster_tokens_dense(
     for _ in range(iterations):
         dist = centres.square().sum(-1)[..., None] + x.square().sum(-1)[:, None, :] - 2 * centres @ x.transpose(1, 2)
         assign = torch.softmax(-dist.masked_fill(~allowed, math.inf) / temperature, dim=1)
-        centres = assign @ x / assign.sum(-1, keepdim=True).clamp_min(1e-16)
+        centres = weighted_means(assign @ x, assign.sum(-1), shift)
     return (centres + shift).to(tokens.dtype)

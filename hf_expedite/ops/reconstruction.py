@@ -11,6 +11,13 @@ from them token by token):
 
 The exponent is shifted by each row's smallest distance, which leaves the normalised weights unchanged but means no
 row can underflow to all zeros (the official code then outputs a zero token).
+
+Every token has a *home* centre (its cell on the cluster grid, :func:`~hf_expedite.ops.clustering.home_cells`). Its
+distance to that centre is computed directly, ``sum((z - s)**2)``, which is exactly 0 when the two are equal, and the
+home centre wins any tie with another centre that lies within the rounding error of the expanded form
+``|z|^2 + |s|^2 - 2<z, s>`` used for the other centres. So with a cluster grid equal to the token grid, no iterations
+and top-1 (or hard) reconstruction, every token comes back bit for bit to its own place, whatever the BLAS kernel,
+instruction set or thread count: near-identical or duplicated patches cannot swap places.
 """
 
 from __future__ import annotations
@@ -21,38 +28,66 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .clustering import centred
+from .clustering import centred, home_cells
 
 ReconstructionMode = Literal["knn", "hard"]
 ReconstructionNormalization = Literal["l1", "l2"]
 
 
 def squared_distances(tokens: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """``(B, N, M)`` squared Euclidean distances, clamped at 0 against rounding."""
+    """``(B, N, M)`` squared Euclidean distances in the expanded form, clamped at 0 against rounding."""
     dot = tokens @ centres.transpose(1, 2)
     return (tokens.square().sum(-1)[..., None] + centres.square().sum(-1)[:, None, :] - 2 * dot).clamp_min(0)
 
 
+def home_first_distances(
+    tokens: torch.Tensor, centres: torch.Tensor, home: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances ``(B, N, M)`` and a ranking key ``(B, N, M)`` in which each token's home centre wins rounding ties.
+
+    ``home`` holds every token's home cluster, ``(N,)``. The distance to the home centre is computed directly (exact
+    zero for an equal centre); the key lowers it by a bound on the expanded form's rounding error,
+    ``(C + 2) * eps * (|z|^2 + |s|^2)``, so that no other centre can outrank it by rounding alone.
+    """
+    distances = squared_distances(tokens, centres)
+    index = home.view(1, -1, 1).expand(tokens.shape[0], -1, 1)
+    home_centres = centres[:, home]
+    direct = (tokens - home_centres).square().sum(-1, keepdim=True)
+    scale = tokens.square().sum(-1, keepdim=True) + home_centres.square().sum(-1, keepdim=True)
+    rounding = (tokens.shape[-1] + 2) * torch.finfo(tokens.dtype).eps * scale
+    distances = distances.scatter(-1, index, direct)
+    return distances, distances.scatter(-1, index, direct - rounding)
+
+
 def knn_weights(
-    distances: torch.Tensor, k: int, temperature: float, normalization: ReconstructionNormalization
+    distances: torch.Tensor,
+    k: int,
+    temperature: float,
+    normalization: ReconstructionNormalization,
+    key: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Top-k reconstruction weights ``(B, N, M)`` from squared distances ``(B, N, M)``."""
+    """Top-k reconstruction weights ``(B, N, M)`` from squared distances ``(B, N, M)``.
+
+    The ``k`` nearest centres by ``key`` (default: the distances) are kept, and every centre whose key equals the k-th
+    one too (the official tie rule).
+    """
     num_clusters = distances.shape[-1]
     if not 1 <= k <= num_clusters:
         raise ValueError(f"`reconstruction_k` must lie in 1..{num_clusters} (the number of clusters), got {k}.")
     if normalization not in ("l1", "l2"):
         raise ValueError(f"`reconstruction_normalization` must be 'l1' or 'l2', got {normalization!r}.")
+    key = distances if key is None else key
+    kth_nearest = key.topk(k, dim=-1, largest=False).values[..., -1:]
     weights = torch.exp(-(distances - distances.amin(-1, keepdim=True)) / temperature)
-    kth_largest = weights.topk(k, dim=-1).values[..., -1:]
-    weights = weights.masked_fill(weights < kth_largest, 0.0)
+    weights = weights.masked_fill(key > kth_nearest, 0.0)
     if normalization == "l1":
         return weights / weights.sum(-1, keepdim=True)
     return F.normalize(weights, p=2.0, dim=-1)
 
 
-def hard_weights(distances: torch.Tensor) -> torch.Tensor:
-    """One-hot weights ``(B, N, M)`` on the nearest centre of each token."""
-    return F.one_hot(distances.argmin(-1), distances.shape[-1]).to(distances.dtype)
+def hard_weights(key: torch.Tensor) -> torch.Tensor:
+    """One-hot weights ``(B, N, M)`` on the nearest centre of each token (smallest ``key``)."""
+    return F.one_hot(key.argmin(-1), key.shape[-1]).to(key.dtype)
 
 
 @dataclass(frozen=True)
@@ -69,19 +104,27 @@ class TokenReconstruction:
         cls,
         tokens: torch.Tensor,
         centres: torch.Tensor,
+        grid: tuple[int, int],
+        cluster_grid: tuple[int, int],
         k: int = 20,
         temperature: float = 1.0,
         normalization: ReconstructionNormalization = "l1",
         mode: ReconstructionMode = "knn",
     ) -> TokenReconstruction:
-        """Weights from the ``(B, N, C)`` tokens and the ``(B, M, C)`` centres at the clustering point."""
+        """Weights from the ``(B, N, C)`` tokens on ``grid`` and the ``(B, M, C)`` centres on ``cluster_grid``."""
         if mode not in ("knn", "hard"):
             raise ValueError(f"`reconstruction_mode` must be 'knn' or 'hard', got {mode!r}.")
+        if tokens.shape[1] != grid[0] * grid[1] or centres.shape[1] != cluster_grid[0] * cluster_grid[1]:
+            raise ValueError(
+                f"Expected {grid[0]}*{grid[1]} tokens and {cluster_grid[0]}*{cluster_grid[1]} centres, got shapes "
+                f"{tuple(tokens.shape)} and {tuple(centres.shape)}."
+            )
         z, shift = centred(tokens)
-        distances = squared_distances(z, centres.to(z.dtype) - shift)
+        home = home_cells(grid, cluster_grid, z.device)
+        distances, key = home_first_distances(z, centres.to(z.dtype) - shift, home)
         if mode == "hard":
-            return cls(hard_weights(distances))
-        return cls(knn_weights(distances, k, temperature, normalization))
+            return cls(hard_weights(key))
+        return cls(knn_weights(distances, k, temperature, normalization, key))
 
     @property
     def num_clusters(self) -> int:

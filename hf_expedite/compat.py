@@ -1,0 +1,84 @@
+"""Every transformers internal the package uses, in one place, with the fallbacks older releases need.
+
+The package supports transformers ``MIN_TRANSFORMERS`` up to (not including) 6. Anything outside the top-level
+``transformers`` namespace, ``transformers.modeling_outputs`` and the model modules' public classes is imported here
+and nowhere else, so a release that moves an internal breaks this file only.
+
+Version notes (checked against the released wheels):
+
+* 5.20: ``SubConfigSpec`` (nested default configs, used by the Mask2Former config) first appears; older releases
+  describe sub-configs differently, which sets the floor.
+* 5.23: ``output_hidden_states`` may select hidden states by index (``resolve_hidden_states_indices``,
+  ``selected_hidden_states``); before, it is a flag, and :func:`selected_hidden_states` below handles both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import transformers
+from packaging.version import Version
+
+MIN_TRANSFORMERS = "5.20.0"
+
+if not Version(MIN_TRANSFORMERS) <= Version(transformers.__version__) < Version("6"):
+    raise ImportError(
+        f"hf_expedite needs transformers >= {MIN_TRANSFORMERS}, < 6; found {transformers.__version__}. "
+        f'Install a supported release: pip install "transformers>={MIN_TRANSFORMERS},<6"'
+    )
+
+from transformers.backbone_utils import filter_output_hidden_states  # noqa: E402 (after the version check)
+from transformers.configuration_utils import SubConfigSpec
+from transformers.conversion_mapping import (
+    USER_REGISTERED_MAPPINGS,
+    get_checkpoint_conversion_mapping,
+    register_checkpoint_conversion_mapping,
+)
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.swin.modeling_swin import eager_attention_forward, window_partition, window_reverse
+from transformers.utils import resolve_revision
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs, maybe_install_capturing_hooks
+
+
+def selected_hidden_states(output_hidden_states: object) -> list[int] | None:
+    """The hidden-state indices ``output_hidden_states`` selects (transformers >= 5.23 accepts an int or a list of
+    ints), or ``None`` when it is a flag."""
+    if isinstance(output_hidden_states, bool) or output_hidden_states is None:
+        return None
+    if isinstance(output_hidden_states, int):
+        return [output_hidden_states]
+    if isinstance(output_hidden_states, Iterable):
+        return list(output_hidden_states)
+    return None
+
+
+def resolve_hidden_states_indices(selected: Iterable[int], num_hidden_states: int) -> set[int]:
+    """``selected`` indices into ``num_hidden_states`` states, negatives counted from the end; out of range dropped."""
+    return {i % num_hidden_states for i in selected if -num_hidden_states <= i < num_hidden_states}
+
+
+__all__ = [
+    "ALL_ATTENTION_FUNCTIONS",
+    "CONFIG_MAPPING",
+    "MIN_TRANSFORMERS",
+    "USER_REGISTERED_MAPPINGS",
+    "OutputRecorder",
+    "SubConfigSpec",
+    "can_return_tuple",
+    "capture_outputs",
+    "create_bidirectional_mask",
+    "eager_attention_forward",
+    "filter_output_hidden_states",
+    "get_checkpoint_conversion_mapping",
+    "maybe_install_capturing_hooks",
+    "merge_with_config_defaults",
+    "register_checkpoint_conversion_mapping",
+    "resolve_hidden_states_indices",
+    "resolve_revision",
+    "selected_hidden_states",
+    "window_partition",
+    "window_reverse",
+]
