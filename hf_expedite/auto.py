@@ -24,8 +24,7 @@ import transformers
 from transformers import AutoConfig, PreTrainedConfig
 
 from .compat import resolve_revision
-from .conversion import apply_request, is_expedited, parse_request, pop_settings, vanilla_class
-from .models.depth_anything import EXPEDITED_HEADS
+from .conversion import apply_request, parse_request, pop_settings, vanilla_class
 
 # The kwargs transformers' auto_factory sends to both the config and the weights download.
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
@@ -106,9 +105,6 @@ def expedited_from_pretrained(
     if not isinstance(config, PreTrainedConfig):
         config = _load_config(pretrained_model_name_or_path, kwargs)
     config = apply_request(config, request)
-    head = _expedited_head(from_pretrained, config)
-    if head is not None:
-        return head.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
     return from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
 
@@ -117,20 +113,7 @@ def expedited_from_config(
 ) -> Any:
     """``from_config`` (a transformers Auto class's, bound) with the ``expedite`` switch and setting kwargs."""
     request = parse_request(expedite, pop_settings(kwargs))
-    if request is None:
-        return from_config(config, **kwargs)
-    config = apply_request(config, request)
-    head = _expedited_head(from_config, config)
-    return from_config(config, **kwargs) if head is None else head._from_config(config, **kwargs)
-
-
-def _expedited_head(loader: Callable[..., Any], config: PreTrainedConfig) -> type | None:
-    """The expedited subclass to build instead of the class a bound Auto ``loader`` maps ``config`` to, if any:
-    vanilla heads on an expedited backbone whose forward hides from the backbone what it reads (Depth Anything)."""
-    mapping = getattr(getattr(loader, "__self__", None), "_model_mapping", None)
-    if mapping is None or not is_expedited(config) or type(config) not in mapping:
-        return None
-    return EXPEDITED_HEADS.get(mapping[type(config)])
+    return from_config(config if request is None else apply_request(config, request), **kwargs)
 
 
 def _shadow(name: str) -> type:

@@ -20,6 +20,10 @@ import transformers
 from packaging.version import Version
 
 MIN_TRANSFORMERS = "5.20.0"
+CAPTURE_HOOKS_MODULE = "transformers.utils.output_capturing"
+"""The module whose local functions are the output-capturing forward hooks."""
+CAPTURE_HOOKS_FLAG = "_output_capturing_hooks_installed"
+"""The attribute ``maybe_install_capturing_hooks`` sets on a hooked model."""
 
 if not Version(MIN_TRANSFORMERS) <= Version(transformers.__version__) < Version("6"):
     raise ImportError(
@@ -62,6 +66,8 @@ def resolve_hidden_states_indices(selected: Iterable[int], num_hidden_states: in
 
 __all__ = [
     "ALL_ATTENTION_FUNCTIONS",
+    "CAPTURE_HOOKS_FLAG",
+    "CAPTURE_HOOKS_MODULE",
     "CONFIG_MAPPING",
     "MIN_TRANSFORMERS",
     "USER_REGISTERED_MAPPINGS",

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
-from transformers import PreTrainedConfig
+from transformers import PreTrainedConfig, PreTrainedModel
 
 from . import models
 from .compat import CONFIG_MAPPING
 from .models.dinov2 import expedite_dinov2_config
-from .models.dpt import expedite_depth_anything_config, expedite_dpt_config, uses_backbone_config
+from .models.depth_anything import expedite_depth_anything_config
+from .models.dpt import expedite_dpt_config, uses_backbone_config
 from .models.mask2former import expedite_mask2former_config
 from .models.swin import expedite_swin_config
 from .models.swinv2 import expedite_swinv2_config, is_swinv2_family
@@ -74,7 +75,7 @@ CONVERSIONS: dict[str, Conversion] = {
     **_both("dpt", Conversion(expedite_dpt_config, _dpt_family)),  # DPT-Large, -Hybrid, -DINOv2, -SwinV2
     **_both("dinov2", Conversion(expedite_dinov2_config, "dinov2")),  # as a backbone (AutoBackbone)
     **_both("dinov2_with_registers", Conversion(expedite_dinov2_config, "dinov2")),
-    "depth_anything": Conversion(expedite_depth_anything_config, "dinov2"),  # only its backbone_config is expedited
+    **_both("depth_anything", Conversion(expedite_depth_anything_config, "dinov2")),  # settings on its backbone
     **_both("swin", Conversion(expedite_swin_config, "swin")),  # as a backbone (AutoBackbone)
     **_both("swinv2", Conversion(expedite_swinv2_config, "swinv2")),
     **_both("mask2former", Conversion(expedite_mask2former_config, "mask2former")),  # settings on its Swin backbone
@@ -338,6 +339,11 @@ def expedite(model: torch.nn.Module, expedite: Any = True, **settings: Any) -> t
     change the weights. Returns ``model`` when nothing is requested. Hooks that accelerate installed for a
     ``device_map`` dispatch are not carried over: load such models with ``from_pretrained(..., expedite=...)``.
     """
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            f"hf_expedite.expedite expects a transformers model (a PreTrainedModel such as ViTModel or "
+            f"DPTForDepthEstimation), got {type(model).__name__}: not a transformers model."
+        )
     request = parse_request(expedite, settings)
     if request is None:
         return model

@@ -12,9 +12,57 @@ from collections.abc import Callable, Collection, Sequence
 import torch
 from torch import nn
 
-from .compat import OutputRecorder, resolve_hidden_states_indices, selected_hidden_states
+from .compat import (
+    CAPTURE_HOOKS_FLAG,
+    CAPTURE_HOOKS_MODULE,
+    OutputRecorder,
+    maybe_install_capturing_hooks,
+    resolve_hidden_states_indices,
+    selected_hidden_states,
+)
 from .hourglass import cluster_with_settings
-from .settings import ExpediteSettings
+from .settings import ExpediteSettings, validate_settings
+
+
+def _is_capture_hook(hook: object) -> bool:
+    """Whether ``hook`` is one of transformers' output-capturing hooks (local functions, so not picklable)."""
+    return getattr(hook, "__module__", "") == CAPTURE_HOOKS_MODULE and "<locals>" in getattr(hook, "__qualname__", "")
+
+
+def _without_capture_hooks(module: nn.Module | None) -> nn.Module | None:
+    """A shallow copy of ``module``'s tree (same parameters and buffers) without the output-capturing hooks."""
+    if module is None:
+        return None
+    copy = object.__new__(type(module))
+    copy.__dict__.update(module.__dict__)
+    removed = {key for key, hook in module._forward_hooks.items() if _is_capture_hook(hook)}
+    for name in ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+        hooks = getattr(module, name, None)
+        if hooks is not None:
+            copy.__dict__[name] = type(hooks)((key, value) for key, value in hooks.items() if key not in removed)
+    copy.__dict__["_modules"] = {name: _without_capture_hooks(child) for name, child in module._modules.items()}
+    return copy
+
+
+class EagerCaptureHooksMixin:
+    """For ``PreTrainedModel`` subclasses that record outputs: install transformers' capturing hooks at construction
+    (:meth:`install_capture_hooks`; installed lazily they take a lock that ``torch.compile`` cannot trace) and stay
+    picklable (``torch.save(model)``,
+    ``copy.deepcopy``): the hooks are local functions, so the pickled state leaves them out and loading installs them
+    again."""
+
+    def install_capture_hooks(self) -> None:
+        """Call at the end of ``__init__``, once every recorded module exists."""
+        maybe_install_capturing_hooks(self)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = _without_capture_hooks(self).__dict__
+        state.pop(CAPTURE_HOOKS_FLAG, None)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        super().__setstate__(state)
+        maybe_install_capturing_hooks(self)
 
 
 class HiddenStatesTap(nn.Identity):
@@ -50,6 +98,8 @@ def run_expedited_layers(
     tokens when ``wanted`` (``None`` = every index) contains ``i``; unwanted reduced states go to the tap as they are.
     The returned state is full resolution. With ``config.expedite`` off this is the vanilla loop.
     """
+    if config.expedite:  # settings may have been changed on the config since it was built: check what is read
+        validate_settings(config, len(layers))
     alpha = config.clustering_location if config.expedite else -1
     reconstruct_at = config.reconstruction_location or len(layers)
     reconstruction = None

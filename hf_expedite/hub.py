@@ -1,15 +1,11 @@
 """Sharing expedited models on the Hub: the folder to push (weights, config, processor, card, remote-code shim).
 
-``model.push_to_hub(repo_id)`` already works (transformers saves the model, whose config reloads as the expedited class
-after ``import hf_expedite``). :func:`save_for_hub` writes a complete repository folder instead: the same weights and
-config, the image processor, a generated model card, and optionally ``expedite_remote.py`` plus ``auto_map`` in
-``config.json``, so that ``trust_remote_code=True`` loads the model without importing ``hf_expedite`` first. The shim
+Every expedited model's ``save_pretrained`` (and so ``push_to_hub``) writes, next to the weights and config, a small
+remote-code module ``expedite_remote.py`` and the matching ``auto_map`` in ``config.json`` (:func:`write_remote_code`):
+``trust_remote_code=True`` then loads the folder with plain transformers, without ``import hf_expedite``. The shim
 only re-exports the installed package's classes; without the package it raises an ``ImportError`` that says
-``pip install hf-expedite``. (Expedited classes never copy their own source into a repository.)
-
-The shim needs an expedited top-level config: for models whose only expedited part is the ``backbone_config`` the
-top-level ``model_type`` is a transformers one, so transformers would never consult ``auto_map`` for the config;
-those repositories load after ``import hf_expedite``.
+``pip install hf-expedite``. (Expedited classes never copy their own source into a repository.) :func:`save_for_hub`
+writes a complete repository folder: that, the image processor and a generated model card.
 """
 
 from __future__ import annotations
@@ -88,10 +84,10 @@ def save_for_hub(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, remote_code=remote_code)
     if image_processor is not None:
         image_processor.save_pretrained(folder)
-    auto_map = write_remote_code(folder, model.config) if remote_code else {}
+    auto_map = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map", {})
     card = render_model_card(
         model.config,
         base_model=base_model,

@@ -7,6 +7,7 @@ Head weights (classifier, pooler, ...) may still be missing or unexpected exactl
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -33,6 +34,16 @@ class StrictLoadingMixin:
                 f"{unexpected[:3]}. The checkpoint layout is not supported by this class."
             )
         return (model, info) if return_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, remote_code: bool = True, **kwargs: Any):
+        """transformers' ``save_pretrained``, plus (unless ``remote_code=False``) the remote-code shim and ``auto_map``
+        that let ``trust_remote_code=True`` load the folder without ``import hf_expedite`` (see ``hf_expedite.hub``)."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if remote_code and kwargs.get("is_main_process", True):
+            from .hub import write_remote_code  # hub imports the Auto classes, which import the models
+
+            write_remote_code(save_directory, self.config)
+        return result
 
     @classmethod
     def register_for_auto_class(cls, auto_class: str = "AutoModel") -> None:

@@ -99,13 +99,29 @@ def finalize_windowed_settings(config: WindowedExpediteSettings, architecture: s
             )
         config.clustered_window_size = grid[0]
     fill_defaults(config, get_preset(architecture, "default").resolve(config))
+    if isinstance(config.clustered_window_size, int):
+        config.num_clusters = [config.clustered_window_size, config.clustered_window_size]
+    checked_span(config, windows)
+
+
+def checked_span(config: WindowedExpediteSettings, windows: Sequence[int]) -> ClusteredSpan:
+    """Validate a windowed config's settings (``ValueError``) and return its clustered span.
+
+    The models call it as they read the settings, which may have been changed on the config after it was built.
+    ``windows`` is the attention window per stage (:func:`stage_windows`).
+    """
     clustered = config.clustered_window_size
     if not isinstance(clustered, int) or clustered < 1:
         raise ValueError(
             f"Invalid Expedite setting `clustered_window_size={clustered!r}`: the attention window after clustering "
             "must be a positive integer, at most the attention window."
         )
-    config.num_clusters = [clustered, clustered]
+    if list(config.num_clusters or ()) != [clustered, clustered]:
+        raise ValueError(
+            f"Invalid Expedite setting `num_clusters={config.num_clusters!r}`: for Swin it is the per-window cluster "
+            f"grid [k, k] with k = clustered_window_size ({clustered}); after changing one on a built config, set the "
+            "other to match (or build the config again with `clustered_window_size` alone)."
+        )
     validate_settings(config, sum(config.depths), "Swin blocks (counted over all stages)")
     span = clustered_span(config.depths, config.clustering_location, config.reconstruction_location)
     if clustered > windows[span.stage]:
@@ -114,6 +130,7 @@ def finalize_windowed_settings(config: WindowedExpediteSettings, architecture: s
             f"must lie in 1..{windows[span.stage]} (the attention window of stage {span.stage + 1}, where clustering "
             "happens)."
         )
+    return span
 
 
 def shifted_window_mask(

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from hf_expedite.benchmark.measure import CaseResult, run_case
 from hf_expedite.benchmark.registry import all_cases, paper_cases
+from hf_expedite.evaluation.runner import non_negative_int, positive_int
 
 DEFAULT_CASES = ("vit-b16-512", "vit-l16-640-ade20k")
 
@@ -74,11 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=None, help="case names, or 'all'")
     parser.add_argument("--suite", choices=("default", "paper"), default="default",
                         help="'paper': the paper's settings of every architecture (ignored with --cases)")
-    parser.add_argument("--throughput-batch", type=int, default=None, help="also measure images/s at this batch")
+    parser.add_argument(
+        "--throughput-batch", type=positive_int, default=None, help="also measure images/s at this batch"
+    )
     parser.add_argument("--plot", help="write a speed-vs-fidelity chart (PNG) to this path")
-    parser.add_argument("--repeats", type=int, default=5, help="timed forwards per model (alternated)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed forwards per model (alternated)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds before timing")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="device to run on, e.g. cuda")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--list", action="store_true", help="list the available cases and exit")

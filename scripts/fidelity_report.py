@@ -35,7 +35,8 @@ from transformers import AutoConfig, AutoImageProcessor
 
 from hf_expedite import AutoModelForDepthEstimation, AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation
 from hf_expedite.benchmark.photos import photograph
-from hf_expedite.evaluation.report import to_jsonable
+from hf_expedite.evaluation.datasets_io import to_rgb
+from hf_expedite.evaluation.report import prepare_output_dir, to_jsonable
 from hf_expedite.evaluation.runner import (
     InputError,
     auto_class_for_task,
@@ -47,6 +48,7 @@ from hf_expedite.evaluation.runner import (
     parse_dtype,
     parse_expedite,
     parse_ids,
+    positive_int,
 )
 from hf_expedite.fidelity import FidelityReport, compare_predictions, timed_predictions
 
@@ -76,8 +78,8 @@ def load_images(paths: Sequence[str], limit: int | None) -> list[tuple[str, Imag
     for file in files[:limit]:
         try:
             with Image.open(file) as image:
-                images.append((str(file), image.convert("RGB")))
-        except (OSError, ValueError, SyntaxError) as error:
+                images.append((str(file), to_rgb(image)))
+        except Exception as error:  # noqa: BLE001 - documented: unreadable files are skipped with a warning
             warnings.warn(f"Skipping {file}: not a readable image ({type(error).__name__}: {error}).", stacklevel=2)
     if not images:
         raise InputError(f"No readable image in {list(paths)}.")
@@ -152,7 +154,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-revision", help="model revision")
     parser.add_argument("--task", choices=["auto", *TASKS], default="auto", help="default: from the checkpoint")
     parser.add_argument("--images", nargs="+", default=[], help="image files and/or folders (default: skimage photos)")
-    parser.add_argument("--max-images", type=int, help="use at most N images")
+    parser.add_argument("--max-images", type=positive_int, help="use at most N images")
     parser.add_argument(
         "--expedite",
         type=expedite_option,
@@ -164,6 +166,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", type=parse_dtype, default=torch.float32, help="float32 (default), float16, bfloat16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--output-dir", help="also write fidelity.md and fidelity.json here")
+    parser.add_argument("--overwrite", action="store_true", help="replace fidelity.md / fidelity.json there")
     panoptic = parser.add_argument_group("panoptic post-processing")
     panoptic.add_argument("--threshold", type=float, default=0.8, help="query score threshold (default: 0.8)")
     panoptic.add_argument("--mask-threshold", type=float, default=0.5, help="mask binarisation (default: 0.5)")
@@ -175,6 +178,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Compare the settings; returns {setting: report dict or error message}."""
     args = parse_args(argv)
+    try:
+        if args.output_dir:
+            prepare_output_dir(args.output_dir, ["fidelity.md", "fidelity.json"], overwrite=args.overwrite)
+    except ValueError as error:
+        raise InputError(str(error)) from error
     images = load_images(args.images, args.max_images)
     try:
         config = AutoConfig.from_pretrained(args.model, revision=args.model_revision)

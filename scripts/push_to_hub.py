@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoImageProcessor
@@ -60,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repo_id is None and args.output_dir is None:
         parser.error("give a target repo_id, or --output-dir to only write the folder")
+    missing = [path for path in args.results if not Path(path).is_file()]
+    if missing:
+        parser.error(f"--results: no such file: {', '.join(missing)}")
+    if args.output_dir and Path(args.base).exists() and Path(args.output_dir).resolve() == Path(args.base).resolve():
+        parser.error("--output-dir is the base model's folder: writing there would replace the base model")
+    if args.output_dir and Path(args.output_dir).is_file():
+        parser.error(f"--output-dir {args.output_dir} is a file, not a folder")
     return args
 
 

@@ -28,6 +28,7 @@ from transformers import (
 
 import hf_expedite
 from hf_expedite import (
+    ExpeditedDepthAnythingConfig,
     ExpeditedDepthAnythingForDepthEstimation,
     ExpeditedDinov2Backbone,
     ExpeditedDinov2Config,
@@ -38,7 +39,8 @@ from hf_expedite import (
 from hf_expedite.benchmark.photos import photograph
 from hf_expedite.hourglass import RECONSTRUCTION_SCOPE
 from hf_expedite.models.dinov2 import expedite_dinov2_config
-from hf_expedite.models.dpt import expedite_depth_anything_config, expedite_dpt_config
+from hf_expedite.models.depth_anything import expedite_depth_anything_config
+from hf_expedite.models.dpt import expedite_dpt_config
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 IDENTITY = {"clustering_temperature": 1e-4, "reconstruction_mode": "hard"}  # with a grid equal to the token grid
@@ -167,14 +169,15 @@ def test_depth_anything_conversion_load_and_parity(tmp_path):
     vanilla = DepthAnythingForDepthEstimation(vanilla_config).eval()
     vanilla.save_pretrained(tmp_path / "vanilla")
     config = expedite_depth_anything_config(vanilla_config, clustering_location=2, cluster_ratio=0.75)
-    assert type(config) is DepthAnythingConfig and isinstance(config.backbone_config, ExpeditedDinov2Config)
+    assert type(config) is ExpeditedDepthAnythingConfig and isinstance(config.backbone_config, ExpeditedDinov2Config)
+    assert config.model_type == "expedited_depth_anything"
     assert type(vanilla_config.backbone_config) is Dinov2Config  # the input config is left alone
-    model, info = DepthAnythingForDepthEstimation.from_pretrained(
+    model, info = ExpeditedDepthAnythingForDepthEstimation.from_pretrained(
         tmp_path / "vanilla", config=config, output_loading_info=True
     )
     assert isinstance(model.backbone, ExpeditedDinov2Backbone)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    off = DepthAnythingForDepthEstimation.from_pretrained(
+    off = ExpeditedDepthAnythingForDepthEstimation.from_pretrained(
         tmp_path / "vanilla", config=expedite_depth_anything_config(vanilla_config, expedite=False)
     ).eval()
     model.eval()
@@ -186,19 +189,24 @@ def test_depth_anything_conversion_load_and_parity(tmp_path):
             depth = model(pixel_values).predicted_depth
         assert depth.shape == reference.shape == (2, *pixel_values.shape[-2:])
         assert not torch.equal(depth, reference)
-    # Saved, it reloads through the transformers Auto class as the vanilla class with the expedited backbone.
+    # Saved, it reloads expedited through the transformers Auto class, and its weights through the vanilla class.
     model.save_pretrained(tmp_path / "expedited")
     reloaded = transformers.AutoModelForDepthEstimation.from_pretrained(tmp_path / "expedited").eval()
-    assert type(reloaded) is DepthAnythingForDepthEstimation
+    assert type(reloaded) is ExpeditedDepthAnythingForDepthEstimation
     assert isinstance(reloaded.backbone, ExpeditedDinov2Backbone)
     assert reloaded.config.backbone_config.cluster_ratio == 0.75
     with torch.no_grad():
         assert torch.equal(reloaded(pixel_values).predicted_depth, depth)
+    _, info = DepthAnythingForDepthEstimation.from_pretrained(tmp_path / "expedited", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert type(hf_expedite.AutoModelForDepthEstimation.from_pretrained(tmp_path / "expedited", expedite=False)) is (
+        DepthAnythingForDepthEstimation
+    )
 
 
 def test_depth_anything_reconstructs_only_the_neck_features(tmp_path):
-    # 6 blocks, clustering after 2: states 3..6 reduced; the neck reads stages 1, 2, 4, 6. transformers >= 5.25 asks
-    # the backbone for every hidden state; the subclass hf_expedite loads tells it what is read.
+    # 6 blocks, clustering after 2: states 3..6 reduced; the neck reads stages 1, 2, 4, 6 (transformers >= 5.25 asks
+    # the backbone for every hidden state: the expedited head tells it what is read).
     torch.manual_seed(0)
     DepthAnythingForDepthEstimation(depth_anything_config()).save_pretrained(tmp_path)
     settings = {"clustering_location": 2, "cluster_ratio": 0.75}
@@ -258,7 +266,7 @@ def test_dpt_with_dinov2_backbone(tmp_path):
 
 def test_pipeline_on_photographs_of_varying_size():
     torch.manual_seed(0)
-    model = DepthAnythingForDepthEstimation(expedite_depth_anything_config(fidelity_config())).eval()  # default
+    model = ExpeditedDepthAnythingForDepthEstimation(expedite_depth_anything_config(fidelity_config())).eval()  # default
     image_processor = processor()
     depth = pipeline("depth-estimation", model=model, image_processor=image_processor)
     images = [photograph(name) for name in PHOTOS]  # 512x512, 600x400, 451x300: 8x8 and 8x12 tokens
@@ -281,7 +289,7 @@ def test_fidelity_on_photographs():
     }
     models = {}
     for label, values in settings.items():
-        models[label] = DepthAnythingForDepthEstimation(expedite_depth_anything_config(vanilla.config, **values))
+        models[label] = ExpeditedDepthAnythingForDepthEstimation(expedite_depth_anything_config(vanilla.config, **values))
         models[label].load_state_dict(vanilla.state_dict())
         models[label].eval()
     correlations, crushed_correlations = [], []

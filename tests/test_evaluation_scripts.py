@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -154,12 +155,17 @@ def test_depth_end_to_end(scripts, data, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "depth: vanilla + expedited" in captured.err and "| delta1 | 1.0000 |" in captured.out
 
-    # Several images per forward pass; median scaling of a perfect prediction keeps it perfect.
+    # Several images per forward pass; median scaling of a perfect prediction keeps it perfect. The finished report
+    # is not replaced without --overwrite (refused before any model is loaded).
+    again = [
+        str(data["depth_model"]), "--dataset", str(data["nyu_data"]), "--benchmark", "nyu", "--batch-size", "3",
+        "--alignment", "median", "--max-samples", "5", "--output-dir", str(out), "--no-progress",
+    ]
+    with pytest.raises(InputError, match="already holds depth.md, depth.json: pass --overwrite"):
+        scripts["evaluate_depth"].main(again)
+    assert json.loads((out / "depth.json").read_text()) == payload
     with pytest.warns(UserWarning, match="index 3"):
-        batched = scripts["evaluate_depth"].main([
-            str(data["depth_model"]), "--dataset", str(data["nyu_data"]), "--benchmark", "nyu", "--batch-size", "3",
-            "--alignment", "median", "--max-samples", "5", "--output-dir", str(out), "--no-progress",
-        ])
+        batched = scripts["evaluate_depth"].main([*again, "--overwrite"])
     assert batched["metadata"]["alignment"] == "median" and batched["vanilla"]["num_images"] == 4
     assert _metrics(batched, "vanilla")["abs_rel"] < 1e-4 and _metrics(batched, "vanilla")["delta1"] == 1.0
 
@@ -182,7 +188,7 @@ def test_expedited_checkpoint_keeps_its_settings(scripts, data, tmp_path):
 def test_semantic_end_to_end(scripts, data, tmp_path):
     args = ["--dataset", str(data["ade_data"]), "--benchmark", "ade20k", "--check-samples", "2", "--output-dir",
             str(tmp_path), "--no-progress"]
-    with pytest.warns(UserWarning, match=r"invalid reference: Image 5: reference contains label\(s\) \[199\]"):
+    with pytest.warns(UserWarning, match=r"index 5: Image 5: reference contains label\(s\) \[199\]"):
         payload = scripts["evaluate_semantic_segmentation"].main(
             [str(data["seg_model"]), "--expedite", json.dumps(DPT_REDUCED), *args]
         )
@@ -196,7 +202,7 @@ def test_semantic_end_to_end(scripts, data, tmp_path):
 
     # Mask2Former through its semantic post-processing (6 classes; the default preset).
     with pytest.warns(UserWarning, match="Image 5"):
-        m2f = scripts["evaluate_semantic_segmentation"].main([str(data["m2f_model"]), *args])
+        m2f = scripts["evaluate_semantic_segmentation"].main([str(data["m2f_model"]), *args, "--overwrite"])
     assert len(_metrics(m2f, "vanilla")["per_category_iou"]) == 6
     assert 0.0 <= _metrics(m2f, "expedited")["mean_iou"] <= 1.0
     assert m2f["metadata"]["expedited settings"]["clustered_window_size"] < 4
@@ -214,6 +220,88 @@ def test_panoptic_end_to_end(scripts, data, tmp_path):
     assert 0.0 <= expedited["pq"] < 0.9
     assert "things: 3 classes" in payload["metadata"]["segments"]
     assert (tmp_path / "panoptic.md").is_file()
+
+
+# ---------------------------------------------------------------- long runs: bad rows, Ctrl-C, resume
+
+
+def test_null_images_and_null_categories_are_skipped_and_listed(scripts, data, tmp_path):
+    """A Parquet-style missing image and a panoptic segment without a category never abort the run."""
+    coco = datasets.load_from_disk(str(data["coco_data"])).cast_column("image", datasets.Image(decode=False))
+    rows = coco.to_list()
+    rows[1]["image"] = None  # a missing value
+    rows[2]["segments_info"][0]["category_id"] = None  # a reference the metric cannot read
+    datasets.Dataset.from_list(rows, features=coco.features).save_to_disk(str(tmp_path / "coco"))
+    with pytest.warns(UserWarning, match="index 1"):
+        payload = scripts["evaluate_panoptic"].main([
+            str(data["m2f_model"]), "--dataset", str(tmp_path / "coco"), "--label-map", LABEL_MAP,
+            "--expedite", json.dumps(M2F_REDUCED), "--output-dir", str(tmp_path / "out"), "--no-progress",
+            "--check-samples", "1", *PANOPTIC_ARGS,
+        ])
+    metadata = payload["metadata"]
+    assert "missing value" in metadata["skipped samples"]["1"]
+    assert list(metadata["invalid samples"]) == ["2"] and "TypeError" in metadata["invalid samples"]["2"]
+    assert payload["vanilla"]["num_images"] == 2 and _metrics(payload, "vanilla")["pq"] == 1.0
+
+
+def _interrupt_at_forward(count: int):
+    """A global forward hook that sends this process SIGINT (as Ctrl-C does) during the ``count``-th forward of a
+    depth model (vanilla or expedited)."""
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        if type(module).__name__.endswith("ForDepthEstimation"):
+            calls["n"] += 1
+            if calls["n"] == count:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return torch.nn.modules.module.register_module_forward_hook(hook)
+
+
+def test_ctrl_c_writes_a_partial_report_and_resume_finishes_the_run(scripts, data, tmp_path):
+    main = scripts["evaluate_depth"].main
+    common = [str(data["depth_model"]), "--dataset", str(data["nyu_data"]), "--benchmark", "nyu", "--alignment",
+              "none", "--warmup", "0", "--no-progress"]
+    arguments = [*common, "--expedite", json.dumps(DPT_REDUCED)]
+    with pytest.warns(UserWarning, match="index 3"):
+        complete = main([*arguments, "--output-dir", str(tmp_path / "complete")])
+    assert not list((tmp_path / "complete").glob(".depth.partial-*"))  # removed once the report is written
+
+    out = str(tmp_path / "out")
+    handle = _interrupt_at_forward(5)  # vanilla and expedited of image 0, of image 1, then Ctrl-C on image 2
+    try:
+        assert scripts["evaluate_depth"].cli(lambda: main([*arguments, "--output-dir", out])) == 130
+    finally:
+        handle.remove()
+    partial = json.loads((tmp_path / "out" / "depth.json").read_text())
+    assert "PARTIAL REPORT" in partial["metadata"]["interrupted"] and partial["vanilla"]["num_images"] == 2
+    assert "partial: interrupted" in (tmp_path / "out" / "depth.md").read_text()
+    assert list((tmp_path / "out").glob(".depth.partial-*"))
+
+    with pytest.raises(InputError, match="partial results of an interrupted run: pass --resume"):
+        main([*arguments, "--output-dir", out])
+    with pytest.raises(InputError, match="different run .*expedite"):
+        main([*common, "--expedite", "true", "--output-dir", out, "--resume"])
+    with pytest.warns(UserWarning, match="index 3"):
+        resumed = main([*arguments, "--output-dir", out, "--resume"])
+    assert "2 images" in resumed["metadata"]["resumed"] and "interrupted" not in resumed["metadata"]
+    assert resumed["vanilla"]["num_images"] == complete["vanilla"]["num_images"] == 6
+    for model in ("vanilla", "expedited"):
+        assert _metrics(resumed, model) == pytest.approx(_metrics(complete, model))
+    assert not list((tmp_path / "out").glob(".depth.partial-*"))
+
+
+def test_an_unusable_output_dir_is_found_before_any_model_is_loaded(scripts, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(InputError, match="cannot hold the report"):
+        scripts["evaluate_depth"].main([str(tmp_path / "no-such-model"), "--output-dir", str(tmp_path / "file" / "out")])
+
+
+@pytest.mark.parametrize("option", [["--max-samples", "0"], ["--max-samples", "-1"], ["--batch-size", "0"]])
+def test_count_options_are_checked_by_argparse(scripts, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        scripts["evaluate_depth"].main(["some/model", *option])
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- bad input, caught before any work
@@ -246,7 +334,7 @@ def test_bad_input_is_reported_before_any_work(scripts, data, tmp_path, script, 
     arguments = [str(data[a]) if a in data else a for a in arguments]
     with pytest.raises(InputError, match=message):
         scripts[script].main([str(data[model]), *arguments, "--output-dir", str(tmp_path / "out")])
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # checked, nothing written
 
 
 # ---------------------------------------------------------------- subprocess and accelerate launch

@@ -63,8 +63,11 @@ def pixels():
 
 def run_python(code: str, tmp_path: Path, block_package: bool = False) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (own module cache for remote code, offline)."""
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    script = (BLOCK_PACKAGE if block_package else "") + code
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
+    # the same intra-op thread count as this process: bit-identical results are compared across the two
+    threads = f"import torch\ntorch.set_num_threads({torch.get_num_threads()})\n"
+    script = (BLOCK_PACKAGE if block_package else "") + threads + code
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -223,7 +226,65 @@ print(type(model).__module__, type(model).__name__, same, sorted(os.listdir({str
     result = run_python(code, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[:3] == ["hf_expedite.models.vit", "ExpeditedViTForImageClassification", "True"]
-    assert result.stdout.split()[3:] == ["['config.json',", "'model.safetensors']"]
+    # the resaved folder carries the remote-code shim again, never the package's sources
+    assert result.stdout.split()[3:] == ["['config.json',", f"'{REMOTE_MODULE}.py',", "'model.safetensors']"]
+
+
+def _tiny_saved_models(root: Path) -> dict[str, Path]:
+    """Expedited DPT, Mask2Former and Depth Anything folders written by ``save_pretrained``."""
+    from test_dinov2_depth_anything import depth_anything_config
+    from test_fidelity import tiny_dpt_depth, tiny_mask2former
+    from transformers import (
+        AutoModelForDepthEstimation,
+        AutoModelForUniversalSegmentation,
+        DepthAnythingForDepthEstimation,
+    )
+
+    DepthAnythingForDepthEstimation(depth_anything_config()).save_pretrained(root / "depth_anything_vanilla")
+    sources = {
+        "dpt": (tiny_dpt_depth(root / "dpt_vanilla"), AutoModelForDepthEstimation),
+        "mask2former": (tiny_mask2former(root / "m2f_vanilla"), AutoModelForUniversalSegmentation),
+        "depth_anything": (root / "depth_anything_vanilla", AutoModelForDepthEstimation),
+    }
+    folders = {}
+    for name, (source, auto_class) in sources.items():
+        vanilla = auto_class.from_pretrained(source)
+        hf_expedite.expedite(vanilla, True).save_pretrained(root / name)
+        folders[name] = root / name
+    return folders
+
+
+def test_every_saved_folder_loads_through_remote_code_without_importing_the_package(tmp_path):
+    """Plain transformers, hf_expedite installed but not imported: without trust_remote_code the error asks for it
+    (never "does not recognize this architecture" or a KeyError); with it, the expedited class loads."""
+    folders = _tiny_saved_models(tmp_path)
+    code = f"""
+import sys, transformers
+folders = {({name: str(path) for name, path in folders.items()})!r}
+autos = {{name: transformers.AutoModelForUniversalSegmentation if name == "mask2former"
+         else transformers.AutoModelForDepthEstimation for name in folders}}
+for name, path in folders.items():  # first all without: the shim imports hf_expedite, which registers the classes
+    try:
+        autos[name].from_pretrained(path)
+        print(f"@{{name}} loaded without trust_remote_code")
+    except ValueError as error:
+        print(f"@{{name}} refused:", "trust_remote_code=True" in str(error))
+assert "hf_expedite" not in sys.modules
+for name, path in folders.items():
+    model = autos[name].from_pretrained(path, trust_remote_code=True)
+    print(f"@{{name}}", type(model).__module__.split(".")[0], type(model).__name__)
+"""
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line[line.index("@") + 1 :] for line in result.stdout.splitlines() if "@" in line]  # after the prompts
+    assert lines == [
+        "dpt refused: True",
+        "mask2former refused: True",
+        "depth_anything refused: True",
+        "dpt hf_expedite ExpeditedDPTForDepthEstimation",
+        "mask2former hf_expedite ExpeditedMask2FormerForUniversalSegmentation",
+        "depth_anything hf_expedite ExpeditedDepthAnythingForDepthEstimation",
+    ]
 
 
 def test_trust_remote_code_without_the_package_says_how_to_install_it(remote_code_repo, tmp_path):

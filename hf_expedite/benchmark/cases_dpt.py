@@ -17,7 +17,8 @@ from collections.abc import Callable
 import torch
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, DPTConfig, DPTForDepthEstimation
 
-from ..models.dpt import ExpeditedDPTForDepthEstimation, expedite_depth_anything_config, expedite_dpt_config
+from ..models.depth_anything import ExpeditedDepthAnythingForDepthEstimation, expedite_depth_anything_config
+from ..models.dpt import ExpeditedDPTForDepthEstimation, expedite_dpt_config
 from ..presets import get_preset
 from .case import BenchmarkCase
 from .photos import photo_batch
@@ -107,7 +108,7 @@ def dpt_hybrid_nyu_480x640() -> BenchmarkCase:
 def depth_anything_v2_small_518() -> BenchmarkCase:
     config = depth_anything_v2_small_config()
     vanilla = DepthAnythingForDepthEstimation(config).eval()
-    expedited = _twin(vanilla, DepthAnythingForDepthEstimation, expedite_depth_anything_config(config))
+    expedited = _twin(vanilla, ExpeditedDepthAnythingForDepthEstimation, expedite_depth_anything_config(config))
     location = expedited.config.backbone_config.clustering_location
     return BenchmarkCase(
         "depth-anything-v2-small-518",

@@ -12,11 +12,35 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import datasets
+import numpy as np
 import PIL.Image
 from tqdm.auto import tqdm
 
 PARQUET_REVISION = "refs/convert/parquet"
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, PIL.Image.DecompressionBombError)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An input image as 8-bit RGB, without clipping.
+
+    16-bit images (modes ``I;16*``, and ``I`` holding 0..65535, how PIL opens 16-bit PNGs) are scaled by 255 / 65535:
+    ``convert("RGB")`` would clip every value above 255 to white. Floating-point images (mode ``F``) and 32-bit
+    integers beyond 16 bits have no defined colour range and raise a ``ValueError`` saying so.
+    """
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(
+                f"a 32-bit integer image (mode {image.mode}) with values in [{values.min()}, {values.max()}] has no "
+                "defined colour range; convert it to 8-bit RGB first."
+            )
+        scaled = np.round(values * (255.0 / 65535.0)).astype(np.uint8)
+        return PIL.Image.fromarray(scaled).convert("RGB")  # uint8: mode L
+    if image.mode == "F":
+        raise ValueError(
+            "a floating-point image (mode F) has no defined colour range; convert it to 8-bit RGB first."
+        )
+    return image.convert("RGB")
 
 AnyDataset = datasets.Dataset | datasets.IterableDataset
 
@@ -121,7 +145,7 @@ def num_samples(dataset: AnyDataset) -> int | None:
 
 @dataclass(frozen=True)
 class SkippedSample:
-    """A sample left out of the evaluation because one of its images could not be decoded."""
+    """A sample left out of the evaluation because one of its images is missing or could not be decoded."""
 
     index: int
     column: str
@@ -212,9 +236,11 @@ class ImageBatches:
             if isinstance(value, bytes):
                 value = {"bytes": value, "path": None}
             try:
+                if value is None or (isinstance(value, dict) and not value.get("bytes") and not value.get("path")):
+                    raise ValueError("missing value (null)")
                 image = datasets.Image(mode=mode).decode_example(value)
-                decoded[name] = image.convert("RGB") if name == self.image_column else image
-            except _DECODE_ERRORS as error:
+                decoded[name] = to_rgb(image) if name == self.image_column else image
+            except Exception as error:  # noqa: BLE001 - any failure skips this one sample, never the run
                 skipped = SkippedSample(index, name, f"{type(error).__name__}: {error}")
                 self.skipped.append(skipped)
                 warnings.warn(

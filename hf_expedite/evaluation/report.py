@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -99,6 +101,28 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def prepare_output_dir(out_dir: str | Path, names: Sequence[str] = (), *, overwrite: bool = False) -> Path:
+    """Create ``out_dir`` and check that the report can be written there, before any long work; return it.
+
+    A ``ValueError`` says what is wrong: a path below a regular file, no permission, or (unless ``overwrite``) one of
+    ``names`` already there, so that a finished report is never replaced silently.
+    """
+    path = Path(out_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=f".write-check-{os.getpid()}-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"--output-dir {str(path)!r} cannot hold the report: {error.strerror or error}.") from None
+    existing = [name for name in names if (path / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(
+            f"--output-dir {str(path)!r} already holds {', '.join(existing)}: pass --overwrite to replace it, or "
+            "choose another --output-dir."
+        )
+    return path
 
 
 def write_report(

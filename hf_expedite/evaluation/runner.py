@@ -35,7 +35,8 @@ from transformers import AutoConfig, AutoImageProcessor, BatchFeature, PreTraine
 
 from .datasets_io import ImageBatches, load_eval_dataset
 from .distributed import gather_by_index, get_state, shard_indices, shutdown
-from .report import ModelResult, write_report
+from .partial import PartialLog, Recorded, load_recorded, partial_files
+from .report import ModelResult, prepare_output_dir, write_report
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TIMING_NOTE = "model forward passes only (pre- and post-processing excluded), summed over the processes"
@@ -125,6 +126,28 @@ def parse_expedite(value: str) -> bool | str | dict[str, Any]:
     return text
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
+    return number
+
+
 def parse_dtype(value: str) -> torch.dtype:
     if value not in DTYPES:
         raise argparse.ArgumentTypeError(f"Unknown dtype {value!r}; choose from {', '.join(DTYPES)}.")
@@ -208,10 +231,10 @@ def build_parser(description: str, benchmarks: Mapping[str, Benchmark]) -> argpa
     data.add_argument("--revision", help="dataset revision, e.g. refs/convert/parquet")
     data.add_argument("--split", help="dataset split")
     data.add_argument("--image-column", help="column holding the input images")
-    data.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
+    data.add_argument("--max-samples", type=positive_int, help="evaluate only the first N samples")
     data.add_argument(
         "--check-samples",
-        type=int,
+        type=non_negative_int,
         default=8,
         help="references checked before any model is loaded (default: 8); later bad samples are skipped and listed",
     )
@@ -222,11 +245,21 @@ def build_parser(description: str, benchmarks: Mapping[str, Benchmark]) -> argpa
         help="expedited twin: 'true' (the architecture's default preset), a preset name, or a JSON object of "
         "settings. Default: the saved settings of an expedited checkpoint, else 'true'",
     )
-    run.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    run.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default: 1)")
     run.add_argument("--dtype", type=parse_dtype, default=torch.float32, help="float32 (default), float16, bfloat16")
     run.add_argument("--device", help="torch device (default: this process's accelerate device)")
-    run.add_argument("--warmup", type=int, default=1, help="untimed forward passes per model first (default: 1)")
+    run.add_argument(
+        "--warmup", type=non_negative_int, default=1, help="untimed forward passes per model first (default: 1)"
+    )
     run.add_argument("--output-dir", default="evaluation_results", help="report folder (default: evaluation_results)")
+    saved = run.add_mutually_exclusive_group()
+    saved.add_argument("--overwrite", action="store_true", help="replace an existing report in --output-dir")
+    saved.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from the per-image results it left in --output-dir (same model, data and "
+        "settings); only the images not evaluated yet are run",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -253,8 +286,6 @@ def resolve_options(
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.benchmark = name if uses_benchmark else None
-    if args.batch_size < 1 or args.warmup < 0 or args.check_samples < 0:
-        raise InputError("--batch-size must be >= 1; --warmup and --check-samples >= 0.")
     return args
 
 
@@ -383,12 +414,18 @@ def stacked_inputs(
 
 @dataclass
 class ShardResults:
-    """One process's results, keyed by dataset index (timings by the first index of each forward pass)."""
+    """One process's results, keyed by dataset index (timings by the first index of each forward pass).
+    ``interrupted``: Ctrl-C stopped the loop; the results hold the images finished before."""
 
     statistics: dict[int, tuple[Any, Any]] = field(default_factory=dict)
     timings: dict[int, tuple[int, float, float]] = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)
     invalid: dict[int, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def _failure(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def evaluate_shard(
@@ -401,9 +438,37 @@ def evaluate_shard(
     device: torch.device | str,
     dtype: torch.dtype,
     warmup: int,
+    log: PartialLog | None = None,
 ) -> ShardResults:
-    """Run both models over ``batches``; keep per-image statistics and per-forward timings."""
+    """Run both models over ``batches``; keep per-image statistics and per-forward timings (also appended to
+    ``log``). A sample whose reference, post-processing or statistics fail is listed in ``invalid``, never fatal;
+    Ctrl-C ends the loop with what is finished (``interrupted``)."""
     results = ShardResults()
+    try:
+        _evaluate_batches(vanilla, expedited, processor, task, batches, device, dtype, warmup, log, results)
+    except KeyboardInterrupt:
+        results.interrupted = True
+    results.skipped = {s.index: f"column {s.column!r}: {s.error}" for s in batches.skipped}
+    return results
+
+
+def _invalid(results: ShardResults, index: int, error: BaseException) -> None:
+    results.invalid[index] = str(error) if isinstance(error, ValueError) else _failure(error)
+    warnings.warn(f"Skipping dataset index {index}: {results.invalid[index]}", stacklevel=3)
+
+
+def _evaluate_batches(
+    vanilla: torch.nn.Module,
+    expedited: torch.nn.Module,
+    processor: Any,
+    task: EvaluationTask,
+    batches: ImageBatches,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    warmup: int,
+    log: PartialLog | None,
+    results: ShardResults,
+) -> None:
     warm = warmup == 0
     for batch in batches:
         references: dict[int, Reference] = {}
@@ -412,9 +477,8 @@ def evaluate_shard(
                 references[offset] = task.reference(
                     index, {name: batch.columns[name][offset] for name in task.label_columns}
                 )
-            except ValueError as error:
-                results.invalid[index] = str(error)
-                warnings.warn(f"Skipping a sample with an invalid reference: {error}", stacklevel=2)
+            except Exception as error:  # noqa: BLE001 - one bad row never aborts the run
+                _invalid(results, index, error)
         offsets = list(references)
         for positions, inputs in stacked_inputs(processor, [batch.images[o] for o in offsets], device, dtype):
             members = [offsets[p] for p in positions]
@@ -427,17 +491,39 @@ def evaluate_shard(
             predictions, seconds = [], []
             for model in (vanilla, expedited):
                 outputs, elapsed = timed_forward(model, inputs)
-                predictions.append(task.predictions(processor, outputs, sizes))
+                predictions.append(_post_process(task, processor, outputs, sizes))
                 seconds.append(elapsed)
-            results.timings[batch.indices[members[0]]] = (len(members), *seconds)
-            for offset, vanilla_prediction, expedited_prediction in zip(members, *predictions):
-                index, reference = batch.indices[offset], references[offset]
-                results.statistics[index] = (
-                    task.statistics(vanilla_prediction, reference, index),
-                    task.statistics(expedited_prediction, reference, index),
-                )
-    results.skipped = {s.index: f"column {s.column!r}: {s.error}" for s in batches.skipped}
-    return results
+            first = batch.indices[members[0]]
+            results.timings[first] = (len(members), *seconds)
+            if log is not None:
+                log.timing(first, results.timings[first])
+            for position, offset in enumerate(members):
+                index = batch.indices[offset]
+                try:
+                    pair = tuple(
+                        task.statistics(_prediction(model_predictions, position), references[offset], index)
+                        for model_predictions in predictions
+                    )
+                except Exception as error:  # noqa: BLE001 - e.g. a prediction the metric rejects: skip this image
+                    _invalid(results, index, error)
+                    continue
+                results.statistics[index] = pair
+                if log is not None:
+                    log.image(index, pair)
+
+
+def _post_process(task: EvaluationTask, processor: Any, outputs: Any, sizes: Sequence[tuple[int, int]]) -> Any:
+    """The batch's predictions, or the exception that post-processing raised (it fails the batch's images)."""
+    try:
+        return task.predictions(processor, outputs, sizes)
+    except Exception as error:  # noqa: BLE001
+        return error
+
+
+def _prediction(predictions: Any, position: int) -> Any:
+    if isinstance(predictions, Exception):
+        raise predictions
+    return predictions[position]
 
 
 def model_results(task: EvaluationTask, results: ShardResults) -> tuple[ModelResult, ModelResult]:
@@ -476,13 +562,21 @@ def gather(results: ShardResults) -> ShardResults:
 # ---------------------------------------------------------------- the whole run
 
 
+class Interrupted(Exception):
+    """Ctrl-C stopped the evaluation; the message says what was kept."""
+
+
 def cli(main: Callable[[], Any]) -> int:
-    """Run a script's ``main``; an :class:`InputError` becomes a one-line message and exit status 2."""
+    """Run a script's ``main``; an :class:`InputError` becomes a one-line message and exit status 2, an interrupted
+    run (its partial report written) exit status 130."""
     try:
         main()
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as error:
+        print(f"interrupted: {error}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -499,18 +593,50 @@ def run(
         shutdown()
 
 
+def _fingerprint(args: argparse.Namespace, task: EvaluationTask) -> dict[str, Any]:
+    """What must match for ``--resume`` to continue a run: model, data, settings and task options."""
+    return json.loads(
+        json.dumps(
+            {
+                "model": args.model,
+                "model_revision": args.model_revision,
+                "dataset": args.dataset,
+                "dataset_config": args.dataset_config,
+                "split": args.split,
+                "revision": args.revision,
+                "max_samples": args.max_samples,
+                "expedite": args.expedite,
+                "dtype": str(args.dtype),
+                "task": task.metadata(),
+            },
+            default=str,
+            sort_keys=True,
+        )
+    )
+
+
 def _run(
     args: argparse.Namespace,
     task_type: type[EvaluationTask],
     make_task: Callable[[argparse.Namespace, PreTrainedConfig, Any], EvaluationTask],
 ) -> dict[str, Any] | None:
     state = get_state()
+    stem = task_type.name
     try:
+        output_dir = prepare_output_dir(args.output_dir)
+        if partial_files(output_dir, stem) and not (args.resume or args.overwrite):
+            raise ValueError(
+                f"--output-dir {str(output_dir)!r} holds the partial results of an interrupted run: pass --resume to "
+                "continue it, or --overwrite to start over."
+            )
+        prepare_output_dir(output_dir, [f"{stem}.md", f"{stem}.json"], overwrite=args.overwrite or args.resume)
         config = AutoConfig.from_pretrained(args.model, revision=args.model_revision)
         auto_class = auto_class_for_task(config, task_type.auto_classes, task_type.kind, args.model)
         settings = check_expedite_request(config, args.expedite)
         processor = AutoImageProcessor.from_pretrained(args.model, revision=args.model_revision)
         task = make_task(args, config, processor)
+        fingerprint = _fingerprint(args, task)
+        recorded = load_recorded(output_dir, stem, fingerprint) if args.resume else Recorded()
         dataset = load_eval_dataset(
             args.dataset,
             config=args.dataset_config,
@@ -520,27 +646,43 @@ def _run(
             max_samples=args.max_samples,
         )
         check_references(dataset, task, args.image_column, args.check_samples)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         raise InputError(str(error)) from error
+    if not args.resume and state.is_main_process:
+        for path in partial_files(output_dir, stem):  # --overwrite: an earlier run's partial results
+            path.unlink()
+    state.wait_for_everyone()
 
     device = torch.device(args.device) if args.device else state.device
     model = load_model(args.model, auto_class, revision=args.model_revision, dtype=args.dtype, device=device)
     vanilla, expedited = model_pair(model, args.expedite)
+    indices = [index for index in shard_indices(len(dataset)) if index not in recorded.statistics]
     batches = ImageBatches(
         dataset,
         batch_size=args.batch_size,
         image_column=args.image_column,
         columns=task.label_columns,
-        indices=shard_indices(len(dataset)),
+        indices=indices,
         progress=state.is_main_process and not args.no_progress,
         desc=f"{task.name}: vanilla + expedited",
     )
-    local = evaluate_shard(
-        vanilla, expedited, processor, task, batches, device=device, dtype=args.dtype, warmup=args.warmup
-    )
+    log = PartialLog(output_dir, stem, state.process_index, fingerprint)
+    try:
+        local = evaluate_shard(
+            vanilla, expedited, processor, task, batches, device=device, dtype=args.dtype, warmup=args.warmup, log=log
+        )
+    finally:
+        log.close()
+    if state.is_main_process:  # what earlier runs recorded joins once, on the main process
+        local.statistics = {**recorded.statistics, **local.statistics}
+        local.timings = {**recorded.timings, **local.timings}
     gathered = gather(local)
+    interrupted = any(gather_by_index({state.process_index: local.interrupted}).values())
     if not state.is_main_process:
         return None
+    done = f"{len(gathered.statistics)} of {len(dataset)} images evaluated"
+    if interrupted and not gathered.statistics:
+        raise Interrupted(f"no image was evaluated; nothing to report ({output_dir}).")
     vanilla_result, expedited_result = model_results(task, gathered)
     metadata = {
         "model": args.model,
@@ -554,13 +696,23 @@ def _run(
         "timing": TIMING_NOTE,
         **task.metadata(),
     }
+    if interrupted:
+        metadata["interrupted"] = f"PARTIAL REPORT: stopped by Ctrl-C, {done}; continue with --resume"
+    if recorded.statistics:
+        metadata["resumed"] = f"{len(recorded.statistics)} images from an earlier, interrupted run"
     if gathered.skipped:
         metadata["skipped samples"] = gathered.skipped
     if gathered.invalid:
         metadata["invalid samples"] = gathered.invalid
-    title = f"{task.title}: vanilla vs expedited"
+    title = f"{task.title}: vanilla vs expedited" + (" (partial: interrupted)" if interrupted else "")
     markdown_path, json_path = write_report(
-        vanilla_result, expedited_result, args.output_dir, stem=task.name, title=title, metadata=metadata
+        vanilla_result, expedited_result, output_dir, stem=stem, title=title, metadata=metadata
     )
     print(markdown_path.read_text(encoding="utf-8"))
+    if interrupted:
+        raise Interrupted(
+            f"partial report ({done}) written to {markdown_path}; run the same command with --resume to continue."
+        )
+    for path in partial_files(output_dir, stem):
+        path.unlink()
     return json.loads(json_path.read_text(encoding="utf-8"))

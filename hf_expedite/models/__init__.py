@@ -10,7 +10,7 @@ from .dinov2 import ExpeditedDinov2Backbone, ExpeditedDinov2Config
 from .dinov2 import ExpeditedDinov2WithRegistersBackbone, ExpeditedDinov2WithRegistersConfig
 from .swin import ExpeditedSwinBackbone, ExpeditedSwinConfig
 from .swinv2 import ExpeditedSwinv2Backbone, ExpeditedSwinv2Config, ExpeditedSwinv2Model
-from .depth_anything import ExpeditedDepthAnythingForDepthEstimation
+from .depth_anything import ExpeditedDepthAnythingConfig, ExpeditedDepthAnythingForDepthEstimation
 from .mask2former import ExpeditedMask2FormerConfig, ExpeditedMask2FormerForUniversalSegmentation
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ExpeditedDPTForDepthEstimation",
     "ExpeditedDPTForSemanticSegmentation",
     "ExpeditedDPTModel",
+    "ExpeditedDepthAnythingConfig",
     "ExpeditedDepthAnythingForDepthEstimation",
     "ExpeditedDinov2Backbone",
     "ExpeditedDinov2Config",

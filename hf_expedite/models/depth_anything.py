@@ -1,30 +1,70 @@
-"""Depth Anything (V1/V2) on an expedited DINOv2 backbone.
+"""Expedited Depth Anything (V1/V2): the vanilla head on an expedited DINOv2 backbone.
 
-The model is the vanilla ``DepthAnythingForDepthEstimation``; only its ``backbone_config`` is expedited
-(:func:`~hf_expedite.models.dpt.expedite_depth_anything_config`). Since transformers 5.25 its forward asks the backbone
-for every hidden state (``filter_output_hidden_states``) and drops them afterwards unless the caller asked, so the
-backbone alone cannot tell which reduced states anybody reads. This subclass tells it: only the neck's feature maps
-and what the caller asked for are reconstructed. Loading through ``hf_expedite`` (Auto classes,
-:func:`hf_expedite.expedite`) returns it; the vanilla class with an expedited backbone gives the same outputs, with
-every state reconstructed.
+:class:`ExpeditedDepthAnythingConfig` is a ``DepthAnythingConfig`` (``model_type`` ``expedited_depth_anything``) whose
+``backbone_config`` is an expedited DINOv2 config holding the settings; ``load_backbone`` builds the expedited backbone
+and the weight names do not change. Since transformers 5.25 the head's forward asks the backbone for every hidden
+state (``filter_output_hidden_states``) and drops them afterwards unless the caller asked, so the backbone alone cannot
+tell which reduced states anybody reads: :class:`ExpeditedDepthAnythingForDepthEstimation` tells it, and only the
+neck's feature maps and what the caller asked for are reconstructed.
 """
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
-from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
+from huggingface_hub.dataclasses import strict
+from transformers import AutoModelForDepthEstimation, DepthAnythingConfig, DepthAnythingForDepthEstimation
 from transformers.modeling_outputs import DepthEstimatorOutput
 
+from ..compat import SubConfigSpec
 from ..encoder import requested_hidden_states
 from ..loading import StrictLoadingMixin
-from ..registry import mirror_conversion_mapping
-from .dinov2 import reading_hidden_states
+from ..registry import mirror_conversion_mapping, register_config, register_model
+from ..settings import ExpediteSettings, convert_config, setting_names
+from .dinov2 import ExpeditedDinov2Config, expedite_dinov2_config, reading_hidden_states
+
+
+@strict
+class ExpeditedDepthAnythingConfig(DepthAnythingConfig):
+    """``DepthAnythingConfig`` whose DINOv2 ``backbone_config`` is expedited and holds the settings."""
+
+    model_type = "expedited_depth_anything"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(
+            config_class=DepthAnythingConfig.sub_configs_defaults["backbone_config"].config_class,
+            model_type=ExpeditedDinov2Config.model_type,
+            init_kwargs=DepthAnythingConfig.sub_configs_defaults["backbone_config"].init_kwargs,
+        ),
+    }
+
+    def __post_init__(self, **kwargs):
+        kwargs.pop("model_type", None)  # a hub config says "depth_anything": it must not shadow ours
+        settings = {name: kwargs.pop(name) for name in setting_names(windowed=False) if name in kwargs}
+        super().__post_init__(**kwargs)
+        if settings or not isinstance(self.backbone_config, ExpediteSettings):
+            self.backbone_config = expedite_dinov2_config(self.backbone_config, **settings)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> ExpeditedDepthAnythingConfig:
+        """Route Expedite setting kwargs (``from_pretrained(repo, clustering_location=4)``) to the backbone config."""
+        names = setting_names(windowed=False)
+        config_dict = {**config_dict, **{name: kwargs.pop(name) for name in names if name in kwargs}}
+        return super().from_dict(config_dict, **kwargs)
+
+
+def expedite_depth_anything_config(config: DepthAnythingConfig, **settings: Any) -> ExpeditedDepthAnythingConfig:
+    """The expedited version of a Depth Anything config (V1 or V2, vanilla or already expedited): its DINOv2
+    ``backbone_config`` expedited with ``settings`` (defaults: the ``dinov2`` preset family). The input is left alone;
+    an unsupported backbone raises a ``ValueError`` naming the supported ones."""
+    return convert_config(ExpeditedDepthAnythingConfig, copy.deepcopy(config), DepthAnythingConfig, **settings)
 
 
 class ExpeditedDepthAnythingForDepthEstimation(StrictLoadingMixin, DepthAnythingForDepthEstimation):
-    """``DepthAnythingForDepthEstimation`` whose expedited backbone reconstructs only the hidden states it must."""
+    """``DepthAnythingForDepthEstimation`` on an expedited DINOv2 backbone that reconstructs only what is read."""
 
-    config_class = DepthAnythingConfig
+    config_class = ExpeditedDepthAnythingConfig
 
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.LongTensor | None = None, **kwargs
@@ -36,7 +76,6 @@ class ExpeditedDepthAnythingForDepthEstimation(StrictLoadingMixin, DepthAnything
 
 
 mirror_conversion_mapping("ExpeditedDepthAnythingForDepthEstimation", "DepthAnythingForDepthEstimation")
-
-
-EXPEDITED_HEADS: dict[type, type] = {DepthAnythingForDepthEstimation: ExpeditedDepthAnythingForDepthEstimation}
-"""Vanilla heads (on an expedited backbone) -> the subclass that hf_expedite's loaders build instead."""
+mirror_conversion_mapping(ExpeditedDepthAnythingConfig.model_type, DepthAnythingConfig.model_type)
+register_config(ExpeditedDepthAnythingConfig)
+register_model(AutoModelForDepthEstimation, ExpeditedDepthAnythingConfig, ExpeditedDepthAnythingForDepthEstimation)

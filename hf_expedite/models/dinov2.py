@@ -27,8 +27,14 @@ from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers im
     Dinov2WithRegistersEncoder,
 )
 
-from ..compat import capture_outputs, maybe_install_capturing_hooks, merge_with_config_defaults
-from ..encoder import HIDDEN_STATES_RECORDER, HiddenStatesTap, requested_hidden_states, run_expedited_layers
+from ..compat import capture_outputs, merge_with_config_defaults
+from ..encoder import (
+    HIDDEN_STATES_RECORDER,
+    EagerCaptureHooksMixin,
+    HiddenStatesTap,
+    requested_hidden_states,
+    run_expedited_layers,
+)
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
 from ..settings import ExpediteSettings, finalize_settings
@@ -144,7 +150,7 @@ def _run_encoder(
     return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-class _ExpeditedEncoderMixin:
+class _ExpeditedEncoderMixin(EagerCaptureHooksMixin):
     """The expedited layer loop for a DINOv2 encoder class; hidden states are recorded full resolution from a tap.
 
     ``expedite_grid`` (the patch-token grid) and ``expedite_wanted`` (hidden-state indices to reconstruct, ``None`` =
@@ -154,8 +160,7 @@ class _ExpeditedEncoderMixin:
     def __init__(self, config: ExpeditedDinov2Config | ExpeditedDinov2WithRegistersConfig):
         super().__init__(config)
         self.hidden_states_tap = HiddenStatesTap()
-        # Install the recording hooks now: installing them lazily takes a lock that torch.compile cannot trace.
-        maybe_install_capturing_hooks(self)
+        self.install_capture_hooks()
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)

@@ -6,8 +6,7 @@
   to ``1 + N`` tokens with the weights computed at the clustering point; states nobody reads stay reduced.
 * DPT with a DINOv2 ``backbone_config`` (e.g. ``facebook/dpt-dinov2-small-nyu``): the backbone config becomes an
   expedited DINOv2 config and ``load_backbone`` builds the expedited DINOv2 backbone (``models/dinov2.py``).
-* Depth Anything (V1/V2) has no expedited class: it is the vanilla ``DepthAnythingForDepthEstimation`` with an
-  expedited DINOv2 backbone config (:func:`expedite_depth_anything_config`).
+* Depth Anything (V1/V2): the same expedited DINOv2 backbone under the vanilla head (``models/depth_anything.py``).
 
 Input sizes: the expedited depth model accepts every input whose sides are multiples of the patch size on every path
 (it passes the token grid to the neck), where transformers' DPT-Large/Hybrid path only takes square inputs and the
@@ -33,7 +32,6 @@ from transformers import (
     AutoModel,
     AutoModelForDepthEstimation,
     AutoModelForSemanticSegmentation,
-    DepthAnythingConfig,
     DPTConfig,
     DPTForDepthEstimation,
     DPTForSemanticSegmentation,
@@ -50,10 +48,15 @@ from ..compat import (
     can_return_tuple,
     capture_outputs,
     filter_output_hidden_states,
-    maybe_install_capturing_hooks,
     merge_with_config_defaults,
 )
-from ..encoder import HIDDEN_STATES_RECORDER, HiddenStatesTap, requested_hidden_states, run_expedited_layers
+from ..encoder import (
+    HIDDEN_STATES_RECORDER,
+    EagerCaptureHooksMixin,
+    HiddenStatesTap,
+    requested_hidden_states,
+    run_expedited_layers,
+)
 from ..loading import StrictLoadingMixin
 from ..presets.dpt import encoder_depth
 from ..registry import mirror_conversion_mapping, register_config, register_model
@@ -151,19 +154,6 @@ def expedite_dpt_config(config: DPTConfig, **settings: Any) -> ExpeditedDPTConfi
     return ExpeditedDPTConfig.from_dict(config.to_dict(), **settings)
 
 
-def expedite_depth_anything_config(config: DepthAnythingConfig, **settings: Any) -> DepthAnythingConfig:
-    """A copy of a Depth Anything config (V1 or V2) whose DINOv2 ``backbone_config`` is expedited with ``settings``.
-
-    The expedited Depth Anything model is the vanilla ``DepthAnythingForDepthEstimation`` built from this config:
-    ``load_backbone`` picks the expedited DINOv2 backbone, the weight names do not change, and the settings live in
-    ``config.backbone_config`` (defaults: the ``dinov2`` preset family). An unsupported backbone raises a
-    ``ValueError`` naming the supported ones.
-    """
-    expedited = copy.deepcopy(config)
-    expedited.backbone_config = expedite_dinov2_config(config.backbone_config, **settings)
-    return expedited
-
-
 def _call_layer(layer: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     return layer(hidden_states)  # as vanilla: no kwargs (attentions are recorded by hooks all the same)
 
@@ -184,7 +174,7 @@ class ExpeditedDPTViTEncoder(DPTViTEncoder):
         return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-class ExpeditedDPTModel(StrictLoadingMixin, DPTModel):
+class ExpeditedDPTModel(EagerCaptureHooksMixin, StrictLoadingMixin, DPTModel):
     """``DPTModel`` (ViT or hybrid embeddings) whose encoder clusters patch tokens after ``clustering_location`` blocks.
 
     ``last_hidden_state`` and every returned hidden state keep the vanilla ``(B, 1 + N, C)`` shape. Attentions
@@ -199,8 +189,7 @@ class ExpeditedDPTModel(StrictLoadingMixin, DPTModel):
         super().__init__(config, add_pooling_layer=add_pooling_layer)
         self.encoder = ExpeditedDPTViTEncoder(config)
         self.post_init()
-        # Install the recording hooks now: installing them lazily takes a lock that torch.compile cannot trace.
-        maybe_install_capturing_hooks(self)
+        self.install_capture_hooks()
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)

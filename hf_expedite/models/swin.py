@@ -22,7 +22,7 @@ from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
 from ..settings import WindowedExpediteSettings, convert_config
 from ..windows import (
-    clustered_span,
+    checked_span,
     finalize_windowed_settings,
     relative_position_index,
     resize_relative_position_table,
@@ -145,8 +145,8 @@ class ExpeditedSwinStage(SwinStage):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         config = self.config
-        span = clustered_span(config.depths, config.clustering_location, config.reconstruction_location)
-        if not config.expedite or span.stage != self.expedite_stage_index:
+        span = checked_span(config, stage_windows(config, clamp_to_image=False)) if config.expedite else None
+        if span is None or span.stage != self.expedite_stage_index:
             return super().forward(
                 hidden_states,
                 input_dimensions,

@@ -30,7 +30,7 @@ from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
 from ..settings import WindowedExpediteSettings, convert_config
 from ..windows import (
-    clustered_span,
+    checked_span,
     finalize_windowed_settings,
     relative_position_index,
     run_windowed_blocks,
@@ -190,8 +190,8 @@ class ExpeditedSwinv2Stage(Swinv2Stage):
         output_attentions: bool | None = False,
     ) -> tuple[torch.Tensor, ...]:
         config = self.config
-        span = clustered_span(config.depths, config.clustering_location, config.reconstruction_location)
-        if not config.expedite or span.stage != self.expedite_stage_index:
+        span = checked_span(config, stage_windows(config, clamp_to_image=True)) if config.expedite else None
+        if span is None or span.stage != self.expedite_stage_index:
             return super().forward(hidden_states, input_dimensions, output_attentions)
 
         def call_block(block, states, grid, window_kwargs):

@@ -11,10 +11,15 @@ from transformers.models.vit.modeling_vit import ViTAttention
 from ..compat import (
     capture_outputs,
     create_bidirectional_mask,
-    maybe_install_capturing_hooks,
     merge_with_config_defaults,
 )
-from ..encoder import HIDDEN_STATES_RECORDER, HiddenStatesTap, requested_hidden_states, run_expedited_layers
+from ..encoder import (
+    HIDDEN_STATES_RECORDER,
+    EagerCaptureHooksMixin,
+    HiddenStatesTap,
+    requested_hidden_states,
+    run_expedited_layers,
+)
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
 from ..settings import ExpediteSettings, finalize_settings
@@ -43,7 +48,7 @@ def token_grid(pixel_values: torch.Tensor, patch_size: int | list[int] | tuple[i
     return pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w
 
 
-class ExpeditedViTModel(StrictLoadingMixin, ViTModel):
+class ExpeditedViTModel(EagerCaptureHooksMixin, StrictLoadingMixin, ViTModel):
     """``ViTModel`` that clusters patch tokens after ``clustering_location`` layers and reconstructs them later.
 
     Hidden states and ``last_hidden_state`` keep the vanilla ``(B, 1 + N, C)`` shape. Attentions recorded inside the
@@ -56,8 +61,7 @@ class ExpeditedViTModel(StrictLoadingMixin, ViTModel):
     def __init__(self, config: ExpeditedViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
         super().__init__(config, add_pooling_layer=add_pooling_layer, use_mask_token=use_mask_token)
         self.hidden_states_tap = HiddenStatesTap()
-        # Install the recording hooks now: installing them lazily takes a lock that torch.compile cannot trace.
-        maybe_install_capturing_hooks(self)
+        self.install_capture_hooks()
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)

@@ -1,0 +1,159 @@
+"""Hostile inputs and misuse: image modes, unreadable files, bad counts, settings changed after construction, things
+that are not transformers models, pickling, scripts that must refuse before writing anything."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+from pathlib import Path
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import ViTConfig, ViTModel
+
+import hf_expedite
+from hf_expedite.evaluation.datasets_io import ImageBatches, to_rgb
+
+from test_fidelity import tiny_dpt_depth
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"clustering_location": 1, "num_clusters": [4, 4], "reconstruction_k": 4}
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"robustness_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sixteen_bit_gradient() -> PIL.Image.Image:
+    values = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    return PIL.Image.fromarray(values)  # uint16: mode I;16
+
+
+def _png(image: PIL.Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped():
+    image = _sixteen_bit_gradient()
+    assert np.mean(np.asarray(image.convert("RGB")) == 255) > 0.99  # what convert("RGB") alone does
+    rgb = np.asarray(to_rgb(image))
+    assert rgb.shape == (48, 64, 3) and rgb.min() == 0 and rgb.max() == 255
+    assert abs(rgb.mean() - 127.5) < 1.0
+    reopened = PIL.Image.open(io.BytesIO(_png(image)))  # PIL opens 16-bit PNGs as "I" or "I;16"
+    assert np.array_equal(np.asarray(to_rgb(reopened)), rgb)
+    with pytest.raises(ValueError, match="mode F"):
+        to_rgb(PIL.Image.fromarray(np.zeros((4, 4), dtype=np.float32)))
+
+
+def test_dataset_rows_with_sixteen_bit_float_or_missing_images():
+    photo = PIL.Image.fromarray(np.full((48, 64, 3), 90, dtype=np.uint8))
+    float_image = PIL.Image.fromarray(np.ones((48, 64), dtype=np.float32))  # mode F
+    buffer = io.BytesIO()
+    float_image.save(buffer, format="TIFF")
+    rows = [
+        {"bytes": _png(photo), "path": None},
+        {"bytes": _png(_sixteen_bit_gradient()), "path": None},
+        None,  # a missing value, as in a Parquet export
+        {"bytes": buffer.getvalue(), "path": None},
+    ]
+    dataset = datasets.Dataset.from_dict({"image": rows}, features=datasets.Features({"image": datasets.Image()}))
+    batches = ImageBatches(dataset, batch_size=4, progress=False)
+    with pytest.warns(UserWarning):
+        (batch,) = list(batches)
+    assert batch.indices == [0, 1]
+    assert np.asarray(batch.images[1]).max() == 255 and np.asarray(batch.images[1]).mean() < 200
+    skipped = {sample.index: sample.error for sample in batches.skipped}
+    assert set(skipped) == {2, 3} and "missing value" in skipped[2] and "mode F" in skipped[3]
+
+
+def test_fidelity_report_skips_a_decompression_bomb(tmp_path, monkeypatch):
+    PIL.Image.new("RGB", (64, 64), "white").save(tmp_path / "small.png")
+    PIL.Image.new("RGB", (400, 400), "white").save(tmp_path / "bomb.png")
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 20_000)  # 400 x 400 is more than twice that: an error
+    with pytest.warns(UserWarning, match="Skipping .*bomb.png"):
+        images = _script("fidelity_report").load_images([str(tmp_path)], None)
+    assert [Path(name).name for name, _ in images] == ["small.png"]
+
+
+@pytest.mark.parametrize(
+    "script,arguments",
+    [
+        ("fidelity_report", ["model", "--max-images", "0"]),
+        ("fidelity_report", ["model", "--max-images", "-2"]),
+        ("benchmark", ["--repeats", "0"]),
+        ("benchmark", ["--threads", "0"]),
+    ],
+)
+def test_counts_are_checked_before_any_work(script, arguments, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _script(script).main(arguments)
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_push_script_refuses_to_overwrite_its_base_or_to_miss_results(tmp_path, capsys):
+    base = tiny_dpt_depth(tmp_path / "base")
+    before = {path.name: path.stat().st_mtime_ns for path in base.iterdir()}
+    push = _script("push_to_hub")
+    for arguments, message in (
+        ([str(base), "--output-dir", str(base)], "base model's folder"),
+        ([str(base), "--output-dir", str(tmp_path / "out"), "--results", str(tmp_path / "absent.json")], "no such file"),
+    ):
+        with pytest.raises(SystemExit):
+            push.main(arguments)
+        assert message in capsys.readouterr().err
+    assert {path.name: path.stat().st_mtime_ns for path in base.iterdir()} == before
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def vit() -> hf_expedite.ExpeditedViTModel:
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64, patch_size=8
+    )
+    return hf_expedite.expedite(ViTModel(config).eval(), SETTINGS)
+
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("clustering_location", 99, "clustering_location=99"),
+        ("reconstruction_location", 1, "reconstruction_location=1"),
+        ("clustering_iterations", -1, "clustering_iterations=-1"),
+    ],
+)
+def test_settings_changed_after_construction_are_checked_when_read(vit, name, value, message):
+    model = copy.deepcopy(vit)
+    setattr(model.config, name, value)
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(1, 3, 64, 64))
+
+
+def test_expedite_refuses_what_is_not_a_transformers_model():
+    with pytest.raises(TypeError, match="not a transformers model"):
+        hf_expedite.expedite(torch.nn.Linear(3, 3))
+
+
+def test_expedited_models_pickle_like_vanilla_ones(vit, tmp_path):
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = vit(pixels, output_hidden_states=True)
+    torch.save(vit, tmp_path / "model.pt")
+    for model in (torch.load(tmp_path / "model.pt", weights_only=False), copy.deepcopy(vit)):
+        assert type(model) is hf_expedite.ExpeditedViTModel
+        with torch.no_grad():
+            out = model(pixels, output_hidden_states=True)
+        assert torch.equal(out.last_hidden_state, expected.last_hidden_state)
+        assert all(torch.equal(a, b) for a, b in zip(out.hidden_states, expected.hidden_states, strict=True))
+    depth = hf_expedite.AutoModelForDepthEstimation.from_pretrained(tiny_dpt_depth(tmp_path / "dpt"), expedite=True)
+    torch.save(depth, tmp_path / "depth.pt")
+    assert type(torch.load(tmp_path / "depth.pt", weights_only=False)) is hf_expedite.ExpeditedDPTForDepthEstimation
