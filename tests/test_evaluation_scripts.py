@@ -19,6 +19,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from transformers import AutoImageProcessor
@@ -148,7 +149,8 @@ def test_depth_end_to_end(scripts, data, tmp_path, capsys):
     metadata = payload["metadata"]
     assert list(metadata["skipped samples"]) == ["3"] and "OSError" in metadata["skipped samples"]["3"]
     assert metadata["expedited settings"]["num_clusters"] == [4, 4] and metadata["alignment"] == "none"
-    assert "crop eigen" in metadata["depth"] and "10.0] m" in metadata["depth"]
+    assert "crop eigen" in metadata["depth"] and "10.0) m" in metadata["depth"]
+    assert metadata["aggregation"] == "per image, then over images"
     markdown = (out / "depth.md").read_text()
     assert "| rmse | 0.0000 |" in markdown and "| images/s |" in markdown and "| latency (ms/image) |" in markdown
     assert json.loads((out / "depth.json").read_text()) == payload
@@ -220,6 +222,39 @@ def test_panoptic_end_to_end(scripts, data, tmp_path):
     assert 0.0 <= expedited["pq"] < 0.9
     assert "things: 3 classes" in payload["metadata"]["segments"]
     assert (tmp_path / "panoptic.md").is_file()
+
+
+# ---------------------------------------------------------------- published protocols
+
+
+def test_depth_crops_truncate_as_the_references(scripts):
+    crop_mask = scripts["evaluate_depth"].crop_mask
+    rows = lambda mask: (int(mask.any(1).argmax()), int(len(mask) - mask.any(1)[::-1].argmax()))  # noqa: E731
+    cols = lambda mask: rows(mask.T)  # noqa: E731
+    eigen = crop_mask((480, 640), "eigen")
+    assert rows(eigen) == (45, 471) and cols(eigen) == (41, 601)  # BTS: eval_mask[45:471, 41:601]
+    # A 370-row KITTI map (2011_09_28 / 2011_09_30 drives): int(0.99189189 * 370) = 366, not 367.
+    garg = crop_mask((370, 1226), "garg")
+    assert rows(garg) == (int(0.40810811 * 370), 366) and cols(garg) == (int(0.03594771 * 1226), int(0.96405229 * 1226))
+    assert rows(crop_mask((375, 1242), "garg")) == (153, 371)
+    assert crop_mask((10, 10), "none") is None
+
+
+def test_kitti_kb_crop_of_input_and_reference(scripts):
+    module = scripts["evaluate_depth"]
+    assert module.kb_window(375, 1242) == (23, 13, 375, 1229)  # bottom-centred 352 x 1216, BTS's margins
+    task = module.DepthTask(depth_column="depth", depth_scale=256.0, min_depth=1e-3, max_depth=80.0, crop="garg",
+                            kb_crop=True, alignment="none", aggregation="per-image")
+    depth = np.arange(375 * 1242, dtype=np.float64).reshape(375, 1242)
+    reference = task.reference(0, {"depth": depth})
+    assert reference.map.shape == (352, 1216) and reference.map[0, 0] == depth[23, 13] / 256.0
+    full_mask = module.crop_mask((375, 1242), "garg")  # the Garg crop is taken on the full-size map, then cropped
+    assert np.array_equal(reference.info, full_mask[23:375, 13:1229])
+    image = PIL.Image.fromarray((depth % 255).astype(np.uint8)).convert("RGB")
+    cropped = task.input_image(image)
+    assert cropped.size == (1216, 352) and np.asarray(cropped)[0, 0, 0] == depth[23, 13] % 255
+    with pytest.raises(ValueError, match="Image 4: the KB crop needs at least 352 x 1216"):
+        task.reference(4, {"depth": np.ones((300, 1000))})
 
 
 # ---------------------------------------------------------------- long runs: bad rows, Ctrl-C, resume
@@ -323,7 +358,7 @@ def test_count_options_are_checked_by_argparse(scripts, option, capsys):
         ("evaluate_panoptic", "m2f_model", ["--dataset", "coco_data", "--label-map", '{"10": "sky"}'],
          r"--label-map names \['sky'\] are not classes of the model"),
         ("evaluate_depth", "depth_model", ["--dataset", "nyu_data", "--benchmark", "nyu", "--depth-scale", "1e-9"],
-         r"None of the first 6 depth maps has a pixel in \(0.001, 10.0\]"),
+         r"None of the first 6 depth maps has a pixel in \(0.001, 10.0\)"),
         ("evaluate_depth", "depth_model", ["--dataset", "nyu_data", "--expedite", '{"clustering_location": 9}'],
          r"Invalid Expedite setting `clustering_location=9`"),
         ("evaluate_depth", "depth_model", ["--benchmark", "kitti"], "Benchmark 'kitti' has no public dataset"),

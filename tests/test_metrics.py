@@ -61,9 +61,20 @@ def test_depth_hand_computed(depth):
 
 
 def test_depth_max_depth_clips_predictions(depth):
-    # max_depth=2 keeps references <= 2: pairs (2, 2) (3, 2) (1, 1); the 3 is clipped to 2 -> perfect.
+    # max_depth=2.5 keeps references < 2.5: pairs (2, 2) (3, 2) (1, 1); the 3 is clipped to 2.5.
+    results = depth.compute(predictions=[DEPTH_PRED], references=[DEPTH_REF], max_depth=2.5)
+    assert results["abs_rel"] == pytest.approx(0.25 / 3) and results["delta1"] == pytest.approx(2 / 3)  # 2.5 / 2 = 1.25
+
+
+def test_depth_valid_range_is_strict_at_both_ends(depth):
+    # The references' protocol (BTS, monodepth2, ZoeDepth, Depth Anything): min_depth < d < max_depth. A reference of
+    # exactly max_depth is not evaluated: here only the (1, 1) pair is left, which is exact.
     results = depth.compute(predictions=[DEPTH_PRED], references=[DEPTH_REF], max_depth=2.0)
-    assert results["rmse"] == 0.0 and results["abs_rel"] == 0.0 and results["delta1"] == 1.0
+    assert results["rmse"] == 0.0 and results["delta1"] == 1.0
+    edge = depth.compute(
+        predictions=[np.array([[1.0, 5.0]])], references=[np.array([[0.5, 2.0]])], min_depth=0.5, max_depth=4.0
+    )
+    assert edge["abs_rel"] == pytest.approx(1.0)  # the 0.5 reference (== min_depth) is out; (5 -> 4, 2) is in
 
 
 def test_depth_valid_mask_and_nan_reference(depth):
@@ -87,11 +98,12 @@ def test_depth_median_scaling(depth):
     assert unscaled["abs_rel"] == pytest.approx(0.5)  # |p - 2p| / 2p
 
 
-def test_depth_pooled_vs_per_image(depth):
+def test_depth_per_image_by_default_pooled_on_request(depth):
     # Image 1: one pixel (2, 1): squared error 1, abs_rel 1. Image 2: four exact pixels.
     predictions = [np.array([[2.0]]), np.full((2, 2), 3.0)]
     references = [np.array([[1.0]]), np.full((2, 2), 3.0)]
-    pooled = depth.compute(predictions=predictions, references=references)
+    assert depth.compute(predictions=predictions, references=references)["abs_rel"] == pytest.approx(0.5)
+    pooled = depth.compute(predictions=predictions, references=references, per_image_average=False)
     assert pooled["abs_rel"] == pytest.approx(1 / 5)
     assert pooled["rmse"] == pytest.approx(0.4472135954999579)  # sqrt(1 / 5)
     assert pooled["delta1"] == pytest.approx(4 / 5)

@@ -100,6 +100,11 @@ class EvaluationTask(abc.ABC):
     def metrics(self, statistics: Sequence[Any]) -> dict[str, Any]:
         """The metric values from every image's statistics, in dataset order."""
 
+    def input_image(self, image: Any) -> Any:
+        """The model input made from a dataset image (default: the image itself; a protocol's crop, say). Its
+        reference (:meth:`reference`) must describe the same pixels."""
+        return image
+
     def metadata(self) -> dict[str, Any]:
         """Task options worth recording in the report."""
         return {}
@@ -479,8 +484,14 @@ def _evaluate_batches(
                 )
             except Exception as error:  # noqa: BLE001 - one bad row never aborts the run
                 _invalid(results, index, error)
-        offsets = list(references)
-        for positions, inputs in stacked_inputs(processor, [batch.images[o] for o in offsets], device, dtype):
+        images = {}
+        for offset in list(references):
+            try:
+                images[offset] = task.input_image(batch.images[offset])
+            except Exception as error:  # noqa: BLE001
+                _invalid(results, batch.indices[offset], error)
+        offsets = list(images)
+        for positions, inputs in stacked_inputs(processor, list(images.values()), device, dtype):
             members = [offsets[p] for p in positions]
             sizes = [tuple(references[o].map.shape[:2]) for o in members]
             if not warm:

@@ -1,7 +1,8 @@
 """Monocular depth estimation metrics (Eigen et al. 2014) as an `evaluate` module.
 
-Pixel validity: a pixel counts when its reference depth is finite, greater than `min_depth`, not greater than
-`max_depth` (when given) and, when `valid_mask` is given, marked True there. Predictions are optionally aligned per
+Pixel validity: a pixel counts when its reference depth is finite, greater than `min_depth`, less than `max_depth`
+(when given; strict at both ends, as BTS, monodepth2, ZoeDepth and Depth Anything evaluate) and, when `valid_mask` is
+given, marked True there. Predictions are optionally aligned per
 image over the valid pixels, then clipped to `[min_depth, max_depth]`:
 
 - `median_scaling`: multiply by `median(reference) / median(prediction)`, for models that predict depth up to scale;
@@ -10,10 +11,11 @@ image over the valid pixels, then clipped to `[min_depth, max_depth]`:
   `1 / reference`, cap the aligned disparity at `1 / max_depth` (`1 / max(reference)` without `max_depth`) and
   invert it (the zero-shot protocol of MiDaS).
 
-Aggregation: by default every valid pixel of the whole dataset has the same weight (pixel-wise pooling): the
-per-pixel errors are summed over all images and divided by the total number of valid pixels, and RMSE is the
-square root of the pooled mean squared error. `per_image_average=True` instead computes each metric per image and
-averages over the images that have at least one valid pixel (the convention of many NYUv2/KITTI evaluation scripts).
+Aggregation: by default each metric is computed per image and averaged over the images that have at least one
+valid pixel (`per_image_average=True`, the protocol of BTS, monodepth2, ZoeDepth and Depth Anything, behind the
+published NYUv2/KITTI numbers). `per_image_average=False` pools pixels instead: the per-pixel errors are summed over
+all images and divided by the total number of valid pixels, and RMSE is the square root of the pooled mean squared
+error.
 
 `image_statistics` (one image -> a small array) and `metrics_from_statistics` (the arrays of all images, in dataset
 order -> the metrics) split `compute` in two, so that a multi-process evaluation gathers a few numbers per image
@@ -30,8 +32,8 @@ _DESCRIPTION = """
 Standard depth-estimation errors between predicted and reference depth maps: root mean squared error (rmse), mean
 absolute relative error (abs_rel), mean squared relative error (sq_rel), RMSE of the natural log (rmse_log), mean
 absolute log10 error (log10) and the threshold accuracies delta1/delta2/delta3 (fraction of pixels with
-max(pred / ref, ref / pred) < 1.25, 1.25^2, 1.25^3). Pixel-wise pooled over the dataset unless
-`per_image_average=True`.
+max(pred / ref, ref / pred) < 1.25, 1.25^2, 1.25^3). Averaged per image, then over images, unless
+`per_image_average=False` (pixels pooled over the dataset).
 """
 
 _KWARGS_DESCRIPTION = """
@@ -39,14 +41,14 @@ Args:
     predictions (`List[ndarray]`): predicted depth maps, 2-D float arrays (metric units, e.g. metres).
     references (`List[ndarray]`): reference depth maps, same shape as the matching prediction.
     min_depth (`float`, defaults to 1e-3): reference depths at or below are invalid; predictions are clipped to it.
-    max_depth (`float`, optional): reference depths above are invalid; predictions are clipped to it
+    max_depth (`float`, optional): reference depths at or above are invalid; predictions are clipped to it
         (NYUv2: 10, KITTI: 80).
     median_scaling (`bool`, defaults to False): scale each prediction by median(ref) / median(pred) over the
         valid pixels before clipping.
     disparity_alignment (`bool`, defaults to False): predictions are inverse depths up to scale and shift; align
         them to 1 / ref by least squares over the valid pixels and invert (exclusive with median_scaling).
     valid_mask (`List[ndarray]`, optional): boolean maps, one per image, further restricting the valid pixels.
-    per_image_average (`bool`, defaults to False): average per-image metrics instead of pooling pixels.
+    per_image_average (`bool`, defaults to True): average per-image metrics; False pools the pixels of all images.
 Returns:
     dict with float values `rmse`, `abs_rel`, `sq_rel`, `rmse_log`, `log10`, `delta1`, `delta2`, `delta3`.
 Examples:
@@ -84,7 +86,7 @@ def _valid_pixels(
         raise ValueError(f"Image {index}: prediction shape {prediction.shape} != reference shape {reference.shape}.")
     valid = np.isfinite(reference) & (reference > min_depth)
     if max_depth is not None:
-        valid &= reference <= max_depth
+        valid &= reference < max_depth
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != reference.shape:
@@ -188,7 +190,7 @@ def _metrics_from_means(means: np.ndarray) -> np.ndarray:
     return out
 
 
-def metrics_from_statistics(statistics: Sequence[np.ndarray], per_image_average: bool = False) -> dict:
+def metrics_from_statistics(statistics: Sequence[np.ndarray], per_image_average: bool = True) -> dict:
     """The metrics from the `image_statistics` of every image (images without a valid pixel are left out)."""
     rows = [np.asarray(row, dtype=np.float64) for row in statistics]
     rows = [row for row in rows if row[0] > 0]
@@ -234,7 +236,7 @@ class Depth(evaluate.Metric):
         median_scaling: bool = False,
         disparity_alignment: bool = False,
         valid_mask: Optional[Sequence] = None,
-        per_image_average: bool = False,
+        per_image_average: bool = True,
     ) -> dict:
         _check_options(min_depth, max_depth, median_scaling, disparity_alignment)
         if valid_mask is not None and len(valid_mask) != len(references):
