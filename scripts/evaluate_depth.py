@@ -234,7 +234,9 @@ class DepthTask(EvaluationTask):
             f"--depth-scale {self.depth_scale} (largest values: {found[:4]}); check --depth-scale and --max-depth."
         )
 
-    def predictions(self, processor: Any, outputs: Any, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    def predictions(
+        self, processor: Any, outputs: Any, sizes: Sequence[tuple[int, int]], inputs: Mapping[str, Any]
+    ) -> list[np.ndarray]:
         results = processor.post_process_depth_estimation(outputs, target_sizes=list(sizes))
         return [result["predicted_depth"].float().cpu().numpy() for result in results]
 

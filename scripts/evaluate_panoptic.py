@@ -7,9 +7,14 @@ ADE20K panoptic.
         --dataset /data/ade20k_panoptic_val --thing-ids 7,8,10,12,14-15,...
     accelerate launch scripts/evaluate_panoptic.py MODEL --max-samples 500   # several GPUs: same numbers
 
-Predictions come from the image processor's post_process_panoptic_segmentation at each reference's size, with
---threshold 0.8 (Mask2Former's test-time object threshold), --mask-threshold 0.5, --overlap-threshold 0.8, and the
-stuff classes fused into one segment per class when the things are known. Writes <output-dir>/panoptic.md (PQ, SQ,
+Protocol (Mask2Former's own evaluation, detectron2 `MaskFormer.panoptic_inference` and its test-time resizing): the
+input is resized keeping its aspect ratio, short side 800 with the long side at most 1333 (COCO) or short side 640,
+long side at most 2560 (ADE20K) (--short-side / --max-long-side; a custom dataset keeps the image processor's
+resizing), normalised by the image processor and zero-padded to multiples of 32; the mask logits are upsampled to the
+padded input, cropped to the image and resized to the reference's size; queries scoring above --threshold 0.8 compete
+per pixel, keep the pixels they win where their mask probability is >= --mask-threshold 0.5, and are dropped below
+--overlap-threshold 0.8 of their own mask; each thing query is a segment and each stuff class one segment, with ids
+unique per image (`hf_expedite.evaluation.protocols.panoptic_inference`). Writes <output-dir>/panoptic.md (PQ, SQ,
 RQ overall / things / stuff, images/s and latency of both models, expedited / vanilla ratios) and .json (with
 per-category scores).
 
@@ -17,9 +22,10 @@ Datasets (--benchmark):
   coco (default)  nielsr/coco-panoptic-val2017: the 5000 COCO val2017 images (split "train" of that repository) with
                   columns image, label (panoptic PNG, segment id = R + 256 G + 256^2 B, 0 = void) and segments_info
                   (id, category_id, iscrowd); a plain Parquet dataset, so it loads with `datasets` 4+ as is. Its
-                  COCO category ids (1..200, with gaps) are matched by name to the model's labels through
-                  huggingface/label-files' coco-panoptic-val2017-id2label.json; things are the model's labels 0-79
-                  (the 80 COCO thing classes come first in every COCO-panoptic Mask2Former checkpoint).
+                  COCO category ids (1..200, with gaps) are matched by name to the model's labels through the 133
+                  COCO panoptic categories shipped with the package (hf_expedite/evaluation/
+                  coco_panoptic_categories.json, the panopticapi names); things are the model's labels 0-79 (the 80
+                  COCO thing classes come first in every COCO-panoptic Mask2Former checkpoint).
   ade20k          No public ADE20K panoptic dataset on the hub: pass --dataset with the same three columns, e.g. built
                   from ADEChallengeData2016 + ade20k_panoptic_val (detectron2's prepare_ade20k_pan_seg.py), and
                   --thing-ids (the 100 thing classes) for the things / stuff split; category ids = model label ids
@@ -40,7 +46,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+import torch.nn.functional as F
+from transformers import BatchFeature
+
 from hf_expedite import AutoModelForUniversalSegmentation
+from hf_expedite.evaluation.protocols import (
+    COCO_PANOPTIC_CATEGORIES,
+    crop_and_resize,
+    pad_to_multiple,
+    panoptic_inference,
+    resize_short_side,
+    valid_region,
+)
 from hf_expedite.evaluation.runner import (
     Benchmark,
     EvaluationTask,
@@ -50,12 +67,13 @@ from hf_expedite.evaluation.runner import (
     load_json_option,
     panoptic_post_processing,
     parse_ids,
+    positive_int,
     resolve_options,
     run,
 )
 from hf_expedite.metrics import load_metric
 
-COCO_CATEGORY_NAMES = "hf://datasets/huggingface/label-files/coco-panoptic-val2017-id2label.json"
+COCO_CATEGORY_NAMES = str(COCO_PANOPTIC_CATEGORIES)  # {COCO category id: name}, the 133 panoptic categories
 
 BENCHMARKS = {
     "coco": Benchmark(
@@ -68,6 +86,8 @@ BENCHMARKS = {
             "segments_column": "segments_info",
             "label_map": COCO_CATEGORY_NAMES,
             "thing_ids": "0-79",
+            "short_side": 800,
+            "max_long_side": 1333,
         },
     ),
     "ade20k": Benchmark(
@@ -78,6 +98,8 @@ BENCHMARKS = {
             "image_column": "image",
             "panoptic_column": "label",
             "segments_column": "segments_info",
+            "short_side": 640,
+            "max_long_side": 2560,
         },
     ),
 }
@@ -141,8 +163,11 @@ class PanopticTask(EvaluationTask):
         threshold: float,
         mask_threshold: float,
         overlap_threshold: float,
+        short_side: int | None = None,
+        max_long_side: int | None = None,
     ) -> None:
         self.label_columns = (panoptic_column, segments_column)
+        self.resize = None if short_side is None else (short_side, max_long_side)
         self.panoptic_column, self.segments_column = panoptic_column, segments_column
         self.num_labels = num_labels
         self.label_map = label_map
@@ -176,11 +201,33 @@ class PanopticTask(EvaluationTask):
         self.metric.image_statistics(np.zeros_like(ids), ids, [], segments, index=index)  # checks the segment list
         return Reference(ids, segments)
 
-    def predictions(self, processor: Any, outputs: Any, sizes: Sequence[tuple[int, int]]) -> list[tuple]:
-        results = processor.post_process_panoptic_segmentation(
-            outputs, target_sizes=list(sizes), **self.post_processing
-        )
-        return [(result["segmentation"].cpu().numpy().astype(np.int64), result["segments_info"]) for result in results]
+    def preprocess(self, processor: Any, image: Any) -> BatchFeature:
+        if self.resize is None:
+            return pad_to_multiple(processor(images=image, return_tensors="pt"), 32)
+        image = resize_short_side(image, *self.resize)
+        return pad_to_multiple(processor(images=image, do_resize=False, return_tensors="pt"), 32)
+
+    def predictions(
+        self, processor: Any, outputs: Any, sizes: Sequence[tuple[int, int]], inputs: Mapping[str, Any]
+    ) -> list[tuple]:
+        padded = tuple(inputs["pixel_values"].shape[-2:])
+        results = []
+        for index, size in enumerate(sizes):
+            masks = F.interpolate(
+                outputs.masks_queries_logits[index : index + 1].float(), size=padded, mode="bilinear",
+                align_corners=False,
+            )[0]
+            masks = crop_and_resize(masks, valid_region(inputs, index), size)
+            segmentation, segments = panoptic_inference(
+                outputs.class_queries_logits[index],
+                masks,
+                self.thing_ids or (),
+                threshold=self.post_processing["threshold"],
+                overlap_threshold=self.post_processing["overlap_mask_area_threshold"],
+                mask_threshold=self.post_processing["mask_threshold"],
+            )
+            results.append((segmentation.cpu().numpy(), segments))
+        return results
 
     def statistics(self, prediction: tuple, reference: Reference, index: int) -> dict:
         segmentation, segments = prediction
@@ -194,7 +241,10 @@ class PanopticTask(EvaluationTask):
         return {
             "segments": f"columns {self.panoptic_column!r} / {self.segments_column!r}, {self.num_labels} classes, "
             f"category map: {'yes' if self.label_map is not None else 'identity'}, things: {things}",
-            "post-processing": {k: v for k, v in self.post_processing.items() if k != "label_ids_to_fuse"},
+            "post-processing": "Mask2Former panoptic inference, "
+            + ", ".join(f"{k}={v}" for k, v in self.post_processing.items() if k != "label_ids_to_fuse"),
+            "input size": "the image processor's" if self.resize is None
+            else f"short side {self.resize[0]}, long side <= {self.resize[1]}, padded to multiples of 32",
         }
 
 
@@ -214,6 +264,8 @@ def make_task(args: argparse.Namespace, config: Any, processor: Any) -> Panoptic
         threshold=args.threshold,
         mask_threshold=args.mask_threshold,
         overlap_threshold=args.overlap_threshold,
+        short_side=args.short_side,
+        max_long_side=args.max_long_side,
     )
 
 
@@ -225,12 +277,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     panoptic.add_argument(
         "--label-map",
         help="JSON {dataset category id: model label id or class name}, inline, a file or hf://[datasets/]owner/repo/"
-        "file (coco: the label-files id2label)",
+        "file (coco: the shipped COCO panoptic categories)",
     )
     panoptic.add_argument("--thing-ids", help="model label ids of thing classes, e.g. 0-79 (coco: 0-79)")
     panoptic.add_argument("--threshold", type=float, default=0.8, help="query score threshold (default: 0.8)")
     panoptic.add_argument("--mask-threshold", type=float, default=0.5, help="mask binarisation (default: 0.5)")
     panoptic.add_argument("--overlap-threshold", type=float, default=0.8, help="overlap area threshold (default: 0.8)")
+    panoptic.add_argument("--short-side", type=positive_int, help="test-time short side (coco: 800, ade20k: 640)")
+    panoptic.add_argument("--max-long-side", type=positive_int, help="long side cap (coco: 1333, ade20k: 2560)")
     return resolve_options(parser.parse_args(argv), BENCHMARKS, GENERIC)
 
 

@@ -33,7 +33,6 @@ from test_fidelity import DPT_REDUCED, M2F_REDUCED, photos, tiny_dpt_depth, tiny
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = (80, 60)  # photographs resized to 80x60 (width x height)
 THINGS = {0, 1, 2}
-PANOPTIC_POST_PROCESSING = {"threshold": 0.0, "mask_threshold": 0.5, "overlap_mask_area_threshold": 0.0}
 PANOPTIC_ARGS = ["--thing-ids", "0-2", "--threshold", "0", "--overlap-threshold", "0"]
 CATEGORY_OFFSET = 10  # dataset category id = model label + 10, mapped back by class name with --label-map
 LABEL_MAP = json.dumps({str(label + CATEGORY_OFFSET): f"LABEL_{label}" for label in range(6)})
@@ -107,12 +106,19 @@ def data(tmp_path_factory) -> dict[str, Path]:
     )
     paths["ade_data"] = root / "ade"
 
-    # COCO panoptic layout (image, label = RGB-encoded segment ids, segments_info with sparse category ids).
+    # COCO panoptic layout (image, label = RGB-encoded segment ids, segments_info with sparse category ids), labelled
+    # by the vanilla model through the script's own protocol (Mask2Former's panoptic inference).
     model, processor = _vanilla(paths["m2f_model"], hf_expedite.AutoModelForUniversalSegmentation)
-    stuff = {"label_ids_to_fuse": set(range(6)) - THINGS}
+    task = _script("evaluate_panoptic").PanopticTask(
+        panoptic_column="label", segments_column="segments_info", num_labels=6, label_map=None, thing_ids=THINGS,
+        threshold=0.0, mask_threshold=0.5, overlap_threshold=0.0,
+    )  # fmt: skip
     labels, segments = [], []
     for image in images[:4]:
-        segmentation, info = predict(model, processor, image, "panoptic", {**PANOPTIC_POST_PROCESSING, **stuff})
+        inputs = task.preprocess(processor, image)
+        with torch.no_grad():
+            outputs = task.infer(model, inputs)
+        [(segmentation, info)] = task.predictions(processor, outputs, [(image.height, image.width)], inputs)
         ids = np.where(segmentation > 0, segmentation * 300, 0)  # ids above 255 need all three channels
         labels.append(np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8))
         segments.append([{"id": s["id"] * 300, "category_id": s["label_id"] + CATEGORY_OFFSET, "iscrowd": 0}
@@ -188,8 +194,9 @@ def test_expedited_checkpoint_keeps_its_settings(scripts, data, tmp_path):
 
 
 def test_semantic_end_to_end(scripts, data, tmp_path):
+    # The labels are the vanilla model's own predictions through its image processor: --protocol processor.
     args = ["--dataset", str(data["ade_data"]), "--benchmark", "ade20k", "--check-samples", "2", "--output-dir",
-            str(tmp_path), "--no-progress"]
+            str(tmp_path), "--no-progress", "--protocol", "processor"]
     with pytest.warns(UserWarning, match=r"index 5: Image 5: reference contains label\(s\) \[199\]"):
         payload = scripts["evaluate_semantic_segmentation"].main(
             [str(data["seg_model"]), "--expedite", json.dumps(DPT_REDUCED), *args]
@@ -225,6 +232,22 @@ def test_panoptic_end_to_end(scripts, data, tmp_path):
 
 
 # ---------------------------------------------------------------- published protocols
+
+
+def test_semantic_published_protocol_per_family(scripts, data, tmp_path):
+    """The ade20k benchmark runs each family's published protocol: DPT by sliding windows of its training crop,
+    Mask2Former on the whole image at its test short side; both models on the same windows."""
+    args = ["--dataset", str(data["ade_data"]), "--benchmark", "ade20k", "--max-samples", "2", "--no-progress"]
+    dpt = scripts["evaluate_semantic_segmentation"].main([str(data["seg_model"]), *args, "--output-dir",
+                                                          str(tmp_path / "dpt")])
+    assert dpt["metadata"]["protocol"] == "short side 64; sliding window 64, stride 42, scores averaged"
+    m2f = scripts["evaluate_semantic_segmentation"].main([str(data["m2f_model"]), *args, "--output-dir",
+                                                          str(tmp_path / "m2f")])
+    assert m2f["metadata"]["protocol"] == "short side 512, long side <= 2048; whole image (padded to multiples of " \
+        "32), single scale"
+    for payload in (dpt, m2f):
+        assert payload["vanilla"]["num_images"] == payload["expedited"]["num_images"] == 2
+        assert 0.0 <= _metrics(payload, "expedited")["mean_iou"] <= 1.0
 
 
 def test_depth_crops_truncate_as_the_references(scripts):

@@ -89,8 +89,10 @@ class EvaluationTask(abc.ABC):
         """Checks over the first references together, before any model is loaded (a ValueError stops the run)."""
 
     @abc.abstractmethod
-    def predictions(self, processor: Any, outputs: Any, sizes: Sequence[tuple[int, int]]) -> list[Any]:
-        """Post-process one batch of model outputs to predictions at ``sizes`` (height, width)."""
+    def predictions(
+        self, processor: Any, outputs: Any, sizes: Sequence[tuple[int, int]], inputs: Mapping[str, Any]
+    ) -> list[Any]:
+        """Post-process one batch of model outputs (for ``inputs``) to predictions at ``sizes`` (height, width)."""
 
     @abc.abstractmethod
     def statistics(self, prediction: Any, reference: Reference, index: int) -> Any:
@@ -104,6 +106,14 @@ class EvaluationTask(abc.ABC):
         """The model input made from a dataset image (default: the image itself; a protocol's crop, say). Its
         reference (:meth:`reference`) must describe the same pixels."""
         return image
+
+    def preprocess(self, processor: Any, image: Any) -> BatchFeature:
+        """One image's model inputs (default: the image processor's, as configured)."""
+        return processor(images=image, return_tensors="pt")
+
+    def infer(self, model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> Any:
+        """The model's outputs for a stack of inputs (default: one forward pass; a sliding window runs several)."""
+        return model(**inputs)
 
     def metadata(self) -> dict[str, Any]:
         """Task options worth recording in the report."""
@@ -390,25 +400,35 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_forward(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple[Any, float]:
-    """``model(**inputs)`` under inference mode and its wall-clock seconds (device synchronised)."""
+def timed_forward(
+    model: torch.nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    infer: Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], Any] | None = None,
+) -> tuple[Any, float]:
+    """``model(**inputs)`` (or ``infer(model, inputs)``) under inference mode and its wall-clock seconds (device
+    synchronised)."""
     device = next(model.parameters()).device
     _synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        outputs = model(**inputs)
+        outputs = model(**inputs) if infer is None else infer(model, inputs)
     _synchronize(device)
     return outputs, time.perf_counter() - start
 
 
 def stacked_inputs(
-    processor: Any, images: Sequence[Any], device: torch.device | str, dtype: torch.dtype
+    processor: Any,
+    images: Sequence[Any],
+    device: torch.device | str,
+    dtype: torch.dtype,
+    preprocess: Callable[[Any, Any], BatchFeature] | None = None,
 ) -> Iterator[tuple[list[int], BatchFeature]]:
-    """Preprocess each image alone and stack those whose inputs have equal shapes: (positions in ``images``, inputs
-    on ``device`` with floating tensors in ``dtype``), so no image is padded to the size of another."""
+    """Preprocess each image alone (``preprocess(processor, image)``, default the processor) and stack those whose
+    inputs have equal shapes: (positions in ``images``, inputs on ``device`` with floating tensors in ``dtype``), so
+    no image is padded to the size of another."""
     groups: dict[tuple, list[tuple[int, BatchFeature]]] = {}
     for position, image in enumerate(images):
-        encoded = processor(images=image, return_tensors="pt")
+        encoded = processor(images=image, return_tensors="pt") if preprocess is None else preprocess(processor, image)
         key = tuple((name, tuple(value.shape)) for name, value in encoded.items())
         groups.setdefault(key, []).append((position, encoded))
     for members in groups.values():
@@ -491,18 +511,18 @@ def _evaluate_batches(
             except Exception as error:  # noqa: BLE001
                 _invalid(results, batch.indices[offset], error)
         offsets = list(images)
-        for positions, inputs in stacked_inputs(processor, list(images.values()), device, dtype):
+        for positions, inputs in stacked_inputs(processor, list(images.values()), device, dtype, task.preprocess):
             members = [offsets[p] for p in positions]
             sizes = [tuple(references[o].map.shape[:2]) for o in members]
             if not warm:
                 for _ in range(warmup):
-                    timed_forward(vanilla, inputs)
-                    timed_forward(expedited, inputs)
+                    timed_forward(vanilla, inputs, task.infer)
+                    timed_forward(expedited, inputs, task.infer)
                 warm = True
             predictions, seconds = [], []
             for model in (vanilla, expedited):
-                outputs, elapsed = timed_forward(model, inputs)
-                predictions.append(_post_process(task, processor, outputs, sizes))
+                outputs, elapsed = timed_forward(model, inputs, task.infer)
+                predictions.append(_post_process(task, processor, outputs, sizes, inputs))
                 seconds.append(elapsed)
             first = batch.indices[members[0]]
             results.timings[first] = (len(members), *seconds)
@@ -523,10 +543,12 @@ def _evaluate_batches(
                     log.image(index, pair)
 
 
-def _post_process(task: EvaluationTask, processor: Any, outputs: Any, sizes: Sequence[tuple[int, int]]) -> Any:
+def _post_process(
+    task: EvaluationTask, processor: Any, outputs: Any, sizes: Sequence[tuple[int, int]], inputs: Mapping[str, Any]
+) -> Any:
     """The batch's predictions, or the exception that post-processing raised (it fails the batch's images)."""
     try:
-        return task.predictions(processor, outputs, sizes)
+        return task.predictions(processor, outputs, sizes, inputs)
     except Exception as error:  # noqa: BLE001
         return error
 
