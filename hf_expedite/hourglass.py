@@ -10,7 +10,7 @@ import torch
 
 from .ops.clustering import check_grids, cluster_tokens
 from .ops.reconstruction import TokenReconstruction
-from .settings import ExpediteSettings, cluster_grid
+from .settings import ExpediteSettings, cluster_grid, reconstruction_k
 
 CLUSTERING_SCOPE = "expedite::clustering"
 RECONSTRUCTION_SCOPE = TokenReconstruction.PROFILER_SCOPE
@@ -23,8 +23,7 @@ def cluster_with_settings(
 
     The cluster grid is ``clusters`` when given (Swin windows), else the config's ``num_clusters`` or
     ``cluster_ratio`` applied to ``grid``. The reconstruction weights are computed here, once, from the tokens and the
-    centres at this point. A ``cluster_ratio`` grid on a small input can hold fewer clusters than
-    ``reconstruction_k``: the k-NN then uses all of them (fixed grids are checked against k in the config).
+    centres at this point, with :func:`~hf_expedite.settings.reconstruction_k` clusters per token.
     """
     clusters = clusters or cluster_grid(config, grid)
     check_grids(grid, clusters)
@@ -48,7 +47,7 @@ def _cluster(
         centres,
         grid,
         clusters,
-        k=min(config.reconstruction_k, centres.shape[1]),
+        k=reconstruction_k(config, centres.shape[1]),
         temperature=config.reconstruction_temperature,
         normalization=config.reconstruction_normalization,
         mode=config.reconstruction_mode,

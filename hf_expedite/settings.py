@@ -11,6 +11,11 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+DEFAULT_RECONSTRUCTION_K = 20
+"""``reconstruction_k`` when the config leaves it unset: 20, or every cluster when the grid holds fewer."""
+TEMPERATURE_RANGE = (1e-6, 1e6)
+"""Temperatures float32 clustering and reconstruction compute without overflow or NaN in float32, float16 and
+bfloat16 inputs (the official values, as divisors, lie between 1 and 100)."""
 _MODES = ("knn", "hard")
 _NORMALIZATIONS = ("l1", "l2")
 _GRID_CHOICE = ("num_clusters", "cluster_ratio", "clustered_window_size")  # one choice: the cluster grid
@@ -28,7 +33,7 @@ class ExpediteSettings:
     clustering_temperature: float | int | None = None
     clustering_window_size: int = 5
     reconstruction_location: int | None = None
-    reconstruction_k: int = 20
+    reconstruction_k: int | None = None
     reconstruction_temperature: float | int | None = None
     reconstruction_normalization: str = "l1"
     reconstruction_mode: str = "knn"
@@ -109,21 +114,40 @@ def _fail(field: str, value: Any, valid: str) -> None:
     raise ValueError(f"Invalid Expedite setting `{field}={value!r}`: {valid}.")
 
 
-def validate_settings(config: ExpediteSettings, num_blocks: int, unit: str = "encoder blocks") -> None:
-    """Raise a ``ValueError`` naming the field and its valid range for any invalid setting of ``config``.
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    ``num_blocks`` is the number of blocks clustering can be placed between (``unit`` names them in messages).
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(config: ExpediteSettings, name: str, low: int, high: int | None = None, valid: str = "") -> None:
+    value = getattr(config, name)
+    if not is_int(value) or value < low or (high is not None and value > high):
+        _fail(name, value, valid or (f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"))
+
+
+def validate_settings(config: ExpediteSettings, num_blocks: int, unit: str = "encoder blocks") -> None:
+    """Raise a ``ValueError`` naming the field, its value and its valid range for any invalid setting of ``config``.
+
+    Types are checked strictly (``4.0`` is not a block count, ``"false"`` is not a bool). ``num_blocks`` is the
+    number of blocks clustering can be placed between (``unit`` names them in messages).
     """
+    for name in ("expedite", "official_shift_mask"):
+        if hasattr(config, name) and not isinstance(getattr(config, name), bool):
+            _fail(name, getattr(config, name), "must be true or false (a bool, not a string or a number)")
     alpha = config.clustering_location
-    if not isinstance(alpha, int) or not 0 <= alpha < num_blocks:
-        _fail("clustering_location", alpha, f"the number of {unit} before clustering must lie in 0..{num_blocks - 1}")
+    _check_int(config, "clustering_location", 0, num_blocks - 1,
+               f"the number of {unit} before clustering, an integer in 0..{num_blocks - 1}")  # fmt: skip
     recon = config.reconstruction_location
-    if recon is not None and not alpha < recon <= num_blocks:
+    if recon is not None and (not is_int(recon) or not alpha < recon <= num_blocks):
         _fail(
             "reconstruction_location",
             recon,
-            f"reconstruction must come after clustering (clustering_location={alpha}) and inside the encoder: "
-            f"{alpha + 1}..{num_blocks}, or None for the end",
+            f"reconstruction must come after clustering (clustering_location={alpha}) and inside the encoder: an "
+            f"integer in {alpha + 1}..{num_blocks}, or None for the end",
         )
     if config.num_clusters is not None and config.cluster_ratio is not None:
         raise ValueError(
@@ -132,29 +156,42 @@ def validate_settings(config: ExpediteSettings, num_blocks: int, unit: str = "en
         )
     if config.num_clusters is None and config.cluster_ratio is None:
         raise ValueError("One of `num_clusters` or `cluster_ratio` must be set.")
-    if config.num_clusters is not None:
-        grid = config.num_clusters
-        if len(grid) != 2 or any(not isinstance(v, int) or v < 1 for v in grid):
-            _fail("num_clusters", grid, "expected [h, w] with two positive integers")
-        if config.reconstruction_mode == "knn" and not 1 <= config.reconstruction_k <= grid[0] * grid[1]:
-            _fail("reconstruction_k", config.reconstruction_k, f"must lie in 1..{grid[0] * grid[1]} (h * w clusters)")
-    if config.cluster_ratio is not None and not 0 < config.cluster_ratio <= 1:
-        _fail("cluster_ratio", config.cluster_ratio, "the fraction of tokens kept per side must lie in (0, 1]")
-    if config.clustering_iterations < 0:
-        _fail("clustering_iterations", config.clustering_iterations, "must be >= 0")
+    grid = config.num_clusters
+    if grid is not None and (
+        not isinstance(grid, (list, tuple)) or len(grid) != 2 or not all(is_int(v) and v >= 1 for v in grid)
+    ):
+        _fail("num_clusters", grid, "expected [h, w]: two positive integers")
+    ratio = config.cluster_ratio
+    if ratio is not None and (not _is_real(ratio) or not 0 < ratio <= 1):
+        _fail("cluster_ratio", ratio, "the fraction of tokens kept per side, a number in (0, 1]")
+    _check_int(config, "clustering_iterations", 0)
     window = config.clustering_window_size
-    if window < 1 or window % 2 == 0:
-        _fail("clustering_window_size", window, "the locality window must be a positive odd number of cluster cells")
-    if config.reconstruction_k < 1:
-        _fail("reconstruction_k", config.reconstruction_k, "must be >= 1")
+    if not is_int(window) or window < 1 or window % 2 == 0:
+        _fail("clustering_window_size", window, "the locality window, a positive odd integer of cluster cells")
+    if config.reconstruction_k is not None:
+        high = grid[0] * grid[1] if grid is not None else None
+        _check_int(config, "reconstruction_k", 1, high, f"an integer in 1..{high} (h * w clusters)" if high else "")
+    low, high = TEMPERATURE_RANGE
     for name in ("clustering_temperature", "reconstruction_temperature"):
         value = getattr(config, name)
-        if value is None or not math.isfinite(value) or value <= 0:
-            _fail(name, value, "a temperature must be a finite positive number (it divides the distances)")
+        if not _is_real(value) or not low <= value <= high:
+            _fail(name, value, f"a temperature divides the distances: a number in [{low:g}, {high:g}]")
     if config.reconstruction_mode not in _MODES:
         _fail("reconstruction_mode", config.reconstruction_mode, f"expected one of {_MODES}")
     if config.reconstruction_normalization not in _NORMALIZATIONS:
         _fail("reconstruction_normalization", config.reconstruction_normalization, f"expected one of {_NORMALIZATIONS}")
+
+
+def reconstruction_k(config: ExpediteSettings, num_clusters: int) -> int:
+    """The k-NN size for a grid of ``num_clusters``: the config's ``reconstruction_k`` (checked against the grid: a
+    ``cluster_ratio`` grid depends on the input) or, unset, ``DEFAULT_RECONSTRUCTION_K`` capped at the grid."""
+    k = config.reconstruction_k
+    if k is None:
+        return min(DEFAULT_RECONSTRUCTION_K, num_clusters)
+    if k > num_clusters:
+        _fail("reconstruction_k", k, f"this input's cluster grid holds {num_clusters} clusters; use at most that, or "
+              "leave reconstruction_k unset (20, capped at the grid)")  # fmt: skip
+    return k
 
 
 def cluster_grid(config: ExpediteSettings, grid: tuple[int, int]) -> tuple[int, int]:

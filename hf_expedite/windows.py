@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .compat import window_partition, window_reverse
 from .hourglass import CLUSTERING_SCOPE, RECONSTRUCTION_SCOPE, cluster_with_settings
 from .ops.reconstruction import TokenReconstruction
-from .settings import WindowedExpediteSettings, fill_defaults, validate_settings
+from .settings import WindowedExpediteSettings, fill_defaults, is_int, validate_settings
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def finalize_windowed_settings(config: WindowedExpediteSettings, architecture: s
             )
         config.clustered_window_size = grid[0]
     fill_defaults(config, get_preset(architecture, "default").resolve(config))
-    if isinstance(config.clustered_window_size, int):
+    if is_int(config.clustered_window_size):
         config.num_clusters = [config.clustered_window_size, config.clustered_window_size]
     checked_span(config, windows)
 
@@ -111,7 +111,7 @@ def checked_span(config: WindowedExpediteSettings, windows: Sequence[int]) -> Cl
     ``windows`` is the attention window per stage (:func:`stage_windows`).
     """
     clustered = config.clustered_window_size
-    if not isinstance(clustered, int) or clustered < 1:
+    if not is_int(clustered) or clustered < 1:
         raise ValueError(
             f"Invalid Expedite setting `clustered_window_size={clustered!r}`: the attention window after clustering "
             "must be a positive integer, at most the attention window."

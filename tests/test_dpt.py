@@ -297,8 +297,9 @@ def test_bad_inputs_and_settings_fail_with_the_cause():
         hybrid(torch.randn(1, 3, 72, 72))
     with pytest.raises(ValueError, match="clustering_location"):
         expedite_dpt_config(config, clustering_location=6)
-    with pytest.raises(ValueError, match="reconstruction_k"):
-        expedite_dpt_config(config, num_clusters=[4, 4])  # k = 20 > 16 clusters
+    with pytest.raises(ValueError, match=r"reconstruction_k=20`: an integer in 1..16"):
+        expedite_dpt_config(config, num_clusters=[4, 4], reconstruction_k=20)  # an explicit k is checked
+    assert expedite_dpt_config(config, num_clusters=[4, 4]).reconstruction_k is None  # the default: 20, capped
     beit = DPTConfig(backbone_config=BeitConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2),
                      neck_hidden_sizes=[8, 16, 32, 32])
     with pytest.raises(ValueError, match="dinov2"):

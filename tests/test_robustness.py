@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import json
 from pathlib import Path
 
 import datasets
@@ -157,3 +158,63 @@ def test_expedited_models_pickle_like_vanilla_ones(vit, tmp_path):
     depth = hf_expedite.AutoModelForDepthEstimation.from_pretrained(tiny_dpt_depth(tmp_path / "dpt"), expedite=True)
     torch.save(depth, tmp_path / "depth.pt")
     assert type(torch.load(tmp_path / "depth.pt", weights_only=False)) is hf_expedite.ExpeditedDPTForDepthEstimation
+
+
+BAD_SETTINGS = [
+    ({"clustering_location": 2.0}, "clustering_location=2.0"),
+    ({"reconstruction_location": 3.5}, "reconstruction_location=3.5"),
+    ({"reconstruction_location": 4.0}, "reconstruction_location=4.0"),
+    ({"clustering_iterations": 2.5}, "clustering_iterations=2.5"),
+    ({"clustering_window_size": 3.0}, "clustering_window_size=3.0"),
+    ({"reconstruction_k": 2.0}, "reconstruction_k=2.0"),
+    ({"reconstruction_k": 20}, r"reconstruction_k=20`: an integer in 1..16"),
+    ({"clustering_location": "1"}, "clustering_location='1'"),
+    ({"clustering_location": True}, "clustering_location=True"),
+    ({"num_clusters": [4, 4, 4]}, r"num_clusters=\[4, 4, 4\]"),
+    ({"num_clusters": "4x4"}, "num_clusters='4x4'"),
+    ({"num_clusters": None, "cluster_ratio": "half"}, "cluster_ratio='half'"),
+    ({"expedite": "false"}, "expedite='false'"),
+    ({"expedite": 0}, "expedite=0"),
+    ({"reconstruction_temperature": 1e-300}, r"reconstruction_temperature=1e-300`: .*\[1e-06, 1e\+06\]"),
+    ({"clustering_temperature": 1e-300}, "clustering_temperature=1e-300"),
+    ({"clustering_temperature": float("inf")}, "clustering_temperature=inf"),
+]
+
+
+@pytest.mark.parametrize("settings,message", BAD_SETTINGS, ids=[str(i) for i in range(len(BAD_SETTINGS))])
+def test_malformed_settings_are_value_errors_naming_the_field(settings, message, tmp_path):
+    """kwargs, a dict and a hand-edited config.json alike: a ValueError naming field, value and range, before any
+    weight is read."""
+    vanilla = ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                        image_size=64, patch_size=8)  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        hf_expedite.expedite_config(vanilla, {**SETTINGS, **settings})
+    good = hf_expedite.expedite_config(vanilla, SETTINGS)
+    good.save_pretrained(tmp_path)
+    edited = {**json.loads((tmp_path / "config.json").read_text()), **settings}
+    (tmp_path / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=message):
+        hf_expedite.AutoModel.from_pretrained(tmp_path)
+
+
+def test_a_small_fixed_grid_uses_all_clusters_unless_k_is_given(vit):
+    vanilla = hf_expedite.expedite(vit, False)
+    config = hf_expedite.expedite_config(vanilla.config, {"clustering_location": 2, "num_clusters": [2, 2]})
+    assert config.reconstruction_k is None  # the default: 20, capped at the 4 clusters
+    model = hf_expedite.expedite(vanilla, {"clustering_location": 2, "num_clusters": [2, 2]})
+    assert model(torch.randn(1, 3, 64, 64)).last_hidden_state.shape == (1, 65, 32)
+    ratio = hf_expedite.expedite(vanilla, {"clustering_location": 2, "cluster_ratio": 0.25, "reconstruction_k": 9})
+    with pytest.raises(ValueError, match="reconstruction_k=9`: this input's cluster grid holds 4 clusters"):
+        ratio(torch.randn(1, 3, 64, 64))  # an explicit k is checked against the grid the input gives
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1e-6, 1e6])
+def test_extreme_valid_temperatures_never_give_nan(vit, dtype, temperature):
+    model = hf_expedite.expedite(
+        vit, {**SETTINGS, "clustering_temperature": temperature, "reconstruction_temperature": temperature}
+    ).to(dtype)
+    pixels = (torch.randn(2, 3, 64, 64) * 20).to(dtype)  # large activations
+    with torch.no_grad():
+        out = model(pixels, output_hidden_states=True)
+    assert all(torch.isfinite(state).all() for state in (out.last_hidden_state, *out.hidden_states))

@@ -141,26 +141,24 @@ def parse_expedite(value: str) -> bool | str | dict[str, Any]:
     return text
 
 
-def positive_int(value: str) -> int:
-    """An argparse type: an integer >= 1."""
+def _whole_number(value: str, minimum: int) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
     return number
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return _whole_number(value, 1)
 
 
 def non_negative_int(value: str) -> int:
     """An argparse type: an integer >= 0."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
-    return number
+    return _whole_number(value, 0)
 
 
 def parse_dtype(value: str) -> torch.dtype:

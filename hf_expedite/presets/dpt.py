@@ -22,7 +22,6 @@ OFFICIAL_DPT = {
     "clustering_iterations": 5,
     "clustering_temperature": 1.0,
     "clustering_window_size": 5,
-    "reconstruction_k": 20,
     "reconstruction_temperature": 1.0,
     "reconstruction_normalization": "l1",
     "reconstruction_mode": "hard",

@@ -2,6 +2,7 @@
 
 Official ``location = p`` clusters after block index p, so ``clustering_location = p + 1``; official (inverse)
 temperature 0.02 is 50 here. The official code normalises reconstruction weights with L2 (``"l2"``).
+The official top-k, 20, is the default ``reconstruction_k`` (capped at the grid), so the presets leave it unset.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ _SEGMENTER = {
     "clustering_iterations": 5,
     "clustering_temperature": 50.0,
     "clustering_window_size": 5,
-    "reconstruction_k": 20,
     "reconstruction_temperature": 50.0,
     "reconstruction_normalization": "l2",
     "reconstruction_mode": "knn",
