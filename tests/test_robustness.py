@@ -218,3 +218,42 @@ def test_extreme_valid_temperatures_never_give_nan(vit, dtype, temperature):
     with torch.no_grad():
         out = model(pixels, output_hidden_states=True)
     assert all(torch.isfinite(state).all() for state in (out.last_hidden_state, *out.hidden_states))
+
+
+def test_patching_from_many_threads_leaves_a_consistent_state():
+    import threading
+
+    from hf_expedite.auto import TRANSFORMERS_AUTO_CLASSES
+
+    errors = []
+
+    def toggle(seed: int) -> None:
+        try:
+            for step in range(200):
+                (hf_expedite.patch_transformers if (seed + step) % 2 else hf_expedite.unpatch_transformers)()
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=toggle, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    patched = [hasattr(c.from_pretrained, "transformers_original") for c in TRANSFORMERS_AUTO_CLASSES]
+    assert all(patched) == hf_expedite.patching.is_patched() and (all(patched) or not any(patched))
+    hf_expedite.unpatch_transformers()
+    assert not any(hasattr(c.from_pretrained, "transformers_original") for c in TRANSFORMERS_AUTO_CLASSES)
+
+
+def test_concurrent_forwards_give_the_sequential_results(vit):
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = [torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    with torch.no_grad():
+        sequential = [vit(x, output_hidden_states=True) for x in inputs]
+        with ThreadPoolExecutor(3) as pool:
+            concurrent = list(pool.map(lambda x: vit(x, output_hidden_states=True), inputs))
+    for a, b in zip(sequential, concurrent, strict=True):
+        assert torch.equal(a.last_hidden_state, b.last_hidden_state)
+        assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states, strict=True))
