@@ -137,10 +137,21 @@ def test_half_precision_inputs_with_large_norms(dtype):
     torch.testing.assert_close(restored.float(), expected(centres.float()), rtol=1e-2, atol=0.5)
 
 
-def test_no_gradient_is_recorded():
-    tokens = _tokens((6, 6)).requires_grad_()
-    centres = cluster_tokens(tokens, (6, 6), (3, 3))
-    assert not centres.requires_grad
+def test_gradients_flow_through_clustering_and_reconstruction():
+    grid, clusters = (6, 6), (3, 3)
+    tokens = _tokens(grid, dtype=torch.float64).requires_grad_()
+    centres = cluster_tokens(tokens, grid, clusters, temperature=4.0)
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, grid, clusters, k=4, temperature=4.0)
+    (reconstruction(centres * 2) ** 2).sum().backward()
+    assert tokens.grad is not None and torch.isfinite(tokens.grad).all() and tokens.grad.abs().sum() > 0
+    # the local form's gradient is the dense reference's
+    dense_tokens = tokens.detach().clone().requires_grad_()
+    cluster_tokens_dense(dense_tokens, grid, clusters, temperature=4.0).sum().backward()
+    local_tokens = tokens.detach().clone().requires_grad_()
+    cluster_tokens(local_tokens, grid, clusters, temperature=4.0).sum().backward()
+    torch.testing.assert_close(local_tokens.grad, dense_tokens.grad, rtol=0, atol=1e-10)
+    with torch.no_grad():  # inference records nothing
+        assert not cluster_tokens(tokens, grid, clusters).requires_grad
 
 
 def test_invalid_inputs_raise():

@@ -257,3 +257,57 @@ def test_concurrent_forwards_give_the_sequential_results(vit):
     for a, b in zip(sequential, concurrent, strict=True):
         assert torch.equal(a.last_hidden_state, b.last_hidden_state)
         assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states, strict=True))
+
+
+def _gradient_owners(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, bool]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {name: p.grad is not None and bool(p.grad.abs().sum() > 0) for name, p in model.named_parameters()}
+
+
+def _swinv2():
+    from transformers import Swinv2Config, Swinv2Model
+
+    torch.manual_seed(0)
+    config = Swinv2Config(image_size=64, patch_size=4, embed_dim=16, depths=[1, 2, 2, 1], num_heads=[1, 2, 2, 2],
+                          window_size=4)  # fmt: skip
+    return Swinv2Model(config), {"clustering_location": 1, "clustered_window_size": 2, "reconstruction_k": 3}
+
+
+@pytest.mark.parametrize("family", ["vit", "swinv2", "dpt"])
+def test_training_gradients_reach_every_parameter_they_reach_in_vanilla(family, vit, tmp_path):
+    if family == "vit":
+        vanilla, settings = hf_expedite.expedite(vit, False), SETTINGS
+    elif family == "swinv2":
+        vanilla, settings = _swinv2()
+    else:
+        vanilla = hf_expedite.AutoModelForDepthEstimation.from_pretrained(tiny_dpt_depth(tmp_path / "dpt"))
+        settings = {"clustering_location": 1, "num_clusters": [4, 4], "reconstruction_k": 4}
+    expedited = hf_expedite.expedite(vanilla, settings)
+    pixels = torch.randn(2, 3, 64, 64)
+    for model in (vanilla, expedited):
+        model.train()
+
+    def loss(model):
+        out = model(pixels)
+        return (out.predicted_depth if family == "dpt" else out.last_hidden_state).square().mean()
+
+    reference, owners = _gradient_owners(vanilla, loss(vanilla)), _gradient_owners(expedited, loss(expedited))
+    assert {name for name, has in reference.items() if has} <= {name for name, has in owners.items() if has}
+    assert all(torch.isfinite(p.grad).all() for p in expedited.parameters() if p.grad is not None)
+
+
+def test_gradient_checkpointing_trains_the_expedited_model(vit):
+    model = hf_expedite.expedite(hf_expedite.expedite(vit, False), SETTINGS)
+    model.gradient_checkpointing_enable()
+    model.train()
+    pixels = torch.randn(2, 3, 64, 64)
+    checkpointed = _gradient_owners(model, model(pixels).last_hidden_state.square().mean())
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.gradient_checkpointing_disable()
+    plain = _gradient_owners(model, model(pixels).last_hidden_state.square().mean())
+    assert checkpointed == plain
+    assert all(has for name, has in checkpointed.items() if not name.startswith("pooler."))  # the loss skips the pooler
+    for name, p in model.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-7)  # recomputed: rounding order only

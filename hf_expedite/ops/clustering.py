@@ -12,7 +12,8 @@ Spatially constrained soft k-means (``expedite-algorithm.md`` section 1):
 :func:`cluster_tokens` is the local (sparse) formulation the models run: per token only its ``window_size**2``
 candidate centres are touched, so the cost grows as ``N * window_size**2`` instead of ``N * M``.
 :func:`cluster_tokens_dense` is the masked ``(B, M, N)`` formulation of the paper, kept as a reference for tests.
-All maths runs in float32 without autograd; the centres come back in the input dtype.
+All maths runs in (at least) float32; the centres come back in the input dtype. Every step is differentiable: with
+autograd on (training, fine-tuning) gradients flow through the soft k-means to the tokens.
 """
 
 from __future__ import annotations
@@ -164,7 +165,6 @@ def _check_inputs(tokens: torch.Tensor, grid: tuple[int, int], cluster_grid: tup
     check_grids(grid, cluster_grid)
 
 
-@torch.no_grad()
 def cluster_tokens(
     tokens: torch.Tensor,
     grid: tuple[int, int],
@@ -221,7 +221,6 @@ def cluster_tokens(
     return (centres + shift).to(tokens.dtype)
 
 
-@torch.no_grad()
 def cluster_tokens_dense(
     tokens: torch.Tensor,
     grid: tuple[int, int],

@@ -99,7 +99,6 @@ class TokenReconstruction:
     PROFILER_SCOPE = "expedite::reconstruction"  # torch.profiler label of every application
 
     @classmethod
-    @torch.no_grad()
     def from_clustering(
         cls,
         tokens: torch.Tensor,
