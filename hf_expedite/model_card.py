@@ -119,12 +119,13 @@ def results_table(result: Mapping[str, Any]) -> str:
         if a is None and b is None:
             continue
         ratio = b / a if a not in (None, 0.0) and b is not None else None
-        rows.append(f"| {name} | {_format(a)} | {_format(b)} | {_format(ratio, 3)} |")
+        rows.append(f"| {name} | {_format(a)} | {_format(b)} | {'n/a' if ratio is None else f'{ratio:.4f}'} |")
     lines = [f"### {result['title']}", ""] if result.get("title") else []
     lines += [f"- {key}: {value}" for key, value in result.get("metadata", {}).items()]
     speedup = _speedup(vanilla, expedited)
     if speedup is not None:
-        lines.append(f"- speed-up: **{speedup:.2f}x** (images per second, expedited / vanilla)")
+        verdict = "faster" if speedup > 1 else "not faster on the hardware measured"
+        lines.append(f"- measured speed-up: **{speedup:.2f}x**, {verdict} (images per second, expedited / vanilla)")
     if lines and lines[-1] != "":
         lines.append("")
     lines += ["| | vanilla | expedited | expedited / vanilla |", "|---|---:|---:|---:|", *rows]
@@ -194,6 +195,7 @@ def render_model_card(
         tags=["expedite", "hf-expedite", "token-clustering", "vision", vanilla_type],
         **{key: base_metadata[key] for key in _LICENSE_KEYS if base_metadata.get(key)},
     )
+    shown = Path(base_model).name if is_local else base_model  # never a local absolute path
     origin = "those of the base model" if is_local else f"those of [{base_model}](https://huggingface.co/{base_model})"
     results_md = "\n\n".join(results_table(result) for result in load_results(results))
     remote = (
@@ -207,9 +209,10 @@ def render_model_card(
         metadata=data.to_yaml(),
         title=f"{repo_id.rsplit('/', 1)[-1]}: {vanilla_type} with Expedite",
         description=(
-            f"An expedited version of `{base_model}` made with "
+            f"An expedited version of `{shown}` made with "
             "[hf-expedite](https://pypi.org/project/hf-expedite/): token clustering and reconstruction "
-            "(Expedite) make the encoder markedly faster on large inputs, with the original weights."
+            "(Expedite) run the middle of the encoder on fewer tokens, with the original weights; how much faster "
+            "it is depends on the input size and hardware (see the measured results below)."
         ),
         weights_origin=origin,
         usage=_usage(auto_name, repo_id, pipeline_tag),

@@ -21,8 +21,22 @@ _NORMALIZATIONS = ("l1", "l2")
 _GRID_CHOICE = ("num_clusters", "cluster_ratio", "clustered_window_size")  # one choice: the cluster grid
 
 
+class LoadsVanillaConfigs:
+    """Config mixin: the ``config.json`` of a vanilla checkpoint (``model_type`` of the transformers parent) is an
+    expected input of an expedited config, so transformers' "model of type ... to instantiate a model of type ..."
+    warning is not raised for it."""
+
+    @classmethod
+    def get_config_dict(cls, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        parent = next(k for k in cls.__mro__ if k.__module__.startswith("transformers.") and "model_type" in vars(k))
+        if config_dict.get("model_type") == parent.model_type:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
+
 @dataclass(kw_only=True)
-class ExpediteSettings:
+class ExpediteSettings(LoadsVanillaConfigs):
     """Fields of every expedited config (see the table in the README)."""
 
     expedite: bool = True

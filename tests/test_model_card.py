@@ -89,11 +89,24 @@ def test_results_table_from_json(config, tmp_path):
         config, base_model="google/vit-base-patch16-224", repo_id="me/x", base_metadata={}, results=[path, second]
     )
     assert "### Tiny ImageNet val" in card and "- device: CPU" in card
-    assert "| accuracy | 0.8 | 0.78 | 0.975 |" in card
+    assert "| accuracy | 0.8 | 0.78 | 0.9750 |" in card
     assert "| loss | 1.5 | n/a | n/a |" in card
-    assert "| images / s | 20 | 30 | 1.5 |" in card and "| latency (ms) | 50 | 33.3 | 0.666 |" in card
-    assert card.count("speed-up: **1.50x**") == 2
+    assert "| images / s | 20 | 30 | 1.5000 |" in card and "| latency (ms) | 50 | 33.3 | 0.6660 |" in card
+    assert card.count("measured speed-up: **1.50x**, faster") == 2
     assert load_results(str(path)) == [RESULT]
+
+
+def test_card_of_a_local_base_reports_what_was_measured(config, tmp_path):
+    """A local base is named by its folder (never an absolute path); ratios near 1 keep their digits; a slower
+    measured run is not headlined as a speed-up."""
+    base = tmp_path / "my-model"
+    base.mkdir()
+    result = {"vanilla": {"metrics": {"rmse": 0.3571}, "latency_ms": 100.0},
+              "expedited": {"metrics": {"rmse": 0.3573}, "latency_ms": 105.0}}  # fmt: skip
+    card = render_model_card(config, base_model=str(base), repo_id="me/x", base_metadata={}, results=result)
+    assert str(tmp_path) not in card and "`my-model`" in card
+    assert "| rmse | 0.3571 | 0.3573 | 1.0006 |" in card
+    assert "measured speed-up: **0.95x**, not faster on the hardware measured" in card
 
 
 def test_bad_results_and_vanilla_configs_are_rejected(config):

@@ -311,3 +311,17 @@ def test_gradient_checkpointing_trains_the_expedited_model(vit):
     for name, p in model.named_parameters():
         if name in grads:
             torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-7)  # recomputed: rounding order only
+
+
+def test_loading_a_vanilla_checkpoint_into_an_expedited_class_does_not_warn(tmp_path, caplog):
+    import transformers
+
+    path = tiny_dpt_depth(tmp_path / "dpt")
+    transformers.logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            hf_expedite.AutoModelForDepthEstimation.from_pretrained(path, expedite=True)
+            hf_expedite.ExpeditedDPTForDepthEstimation.from_pretrained(path)
+    finally:
+        transformers.logging.disable_propagation()
+    assert "to instantiate a model of type" not in caplog.text

@@ -22,12 +22,12 @@ from ..compat import SubConfigSpec
 from ..encoder import requested_hidden_states
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import ExpediteSettings, convert_config, setting_names
+from ..settings import ExpediteSettings, LoadsVanillaConfigs, convert_config, setting_names
 from .dinov2 import ExpeditedDinov2Config, expedite_dinov2_config, reading_hidden_states
 
 
 @strict
-class ExpeditedDepthAnythingConfig(DepthAnythingConfig):
+class ExpeditedDepthAnythingConfig(LoadsVanillaConfigs, DepthAnythingConfig):
     """``DepthAnythingConfig`` whose DINOv2 ``backbone_config`` is expedited and holds the settings."""
 
     model_type = "expedited_depth_anything"

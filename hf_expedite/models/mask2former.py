@@ -24,14 +24,14 @@ from transformers import (
 from ..compat import SubConfigSpec
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import convert_config, setting_names
+from ..settings import LoadsVanillaConfigs, convert_config, setting_names
 from .swin import ExpeditedSwinConfig, expedite_swin_config
 
 SUPPORTED_BACKBONES = ("swin", ExpeditedSwinConfig.model_type)
 
 
 @strict
-class ExpeditedMask2FormerConfig(Mask2FormerConfig):
+class ExpeditedMask2FormerConfig(LoadsVanillaConfigs, Mask2FormerConfig):
     """``Mask2FormerConfig`` whose Swin ``backbone_config`` is an :class:`ExpeditedSwinConfig`, holding the settings."""
 
     model_type = "expedited_mask2former"
