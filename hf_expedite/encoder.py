@@ -8,6 +8,7 @@ feeds it full-resolution states: reduced states are reconstructed for the tap on
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from .compat import (
     CAPTURE_HOOKS_FLAG,
     CAPTURE_HOOKS_MODULE,
     OutputRecorder,
+    create_bidirectional_mask,
     maybe_install_capturing_hooks,
     resolve_hidden_states_indices,
     selected_hidden_states,
@@ -80,6 +82,22 @@ def requested_hidden_states(model: nn.Module, output_hidden_states: object, num_
     if selected is None:
         return None
     return resolve_hidden_states_indices(selected, num_layers + 1)
+
+
+def phase_masks(config: Any, full_mask: Any, full_length: int) -> Callable[[torch.Tensor], Any]:
+    """The attention mask for a layer's input states: ``full_mask`` (built by transformers for the ``full_length``
+    tokens, with any caller's mask) before clustering and after reconstruction, and one built once, without a
+    caller's mask, for the reduced states in between. Backends that materialise masks (flex attention, compiled
+    graphs) need masks of the phase's length."""
+    masks = {full_length: full_mask}
+
+    def mask_for(states: torch.Tensor) -> Any:
+        length = states.shape[1]
+        if length not in masks:
+            masks[length] = create_bidirectional_mask(config=config, inputs_embeds=states, attention_mask=None)
+        return masks[length]
+
+    return mask_for
 
 
 def run_expedited_layers(

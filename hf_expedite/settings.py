@@ -134,7 +134,8 @@ def is_int(value: Any) -> bool:
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool); plain comparisons, which torch.compile traces (NaN fails them)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -math.inf < value < math.inf
 
 
 def _check_int(config: ExpediteSettings, name: str, low: int, high: int | None = None, valid: str = "") -> None:

@@ -59,6 +59,18 @@ def test_home_cells_follow_nearest_interpolation_in_int64():
     assert torch.equal(home_cells((44, 1), (26, 1)), labels)
 
 
+def test_python_nearest_sources_equal_torch_interpolate():
+    """The plain-Python home rule (constants for compile and export) is F.interpolate's on every size pair."""
+    from hf_expedite.ops.clustering import nearest_sources
+
+    for output_size in range(1, 140):
+        labels = torch.arange(1, output_size + 1, dtype=torch.float32)  # the official code's labels: float32 maps
+        for input_size in range(1, output_size + 1):
+            map_ = labels[:input_size].view(1, 1, -1, 1)
+            source = F.interpolate(map_, size=(output_size, 1), mode="nearest").view(-1).long() - 1
+            assert nearest_sources(output_size, input_size) == source.tolist(), (output_size, input_size)
+
+
 def test_identity_grid_reconstructs_the_input():
     grid = (6, 10)
     tokens = _tokens(grid, channels=8)

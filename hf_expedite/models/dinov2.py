@@ -32,6 +32,7 @@ from ..encoder import (
     HIDDEN_STATES_RECORDER,
     EagerCaptureHooksMixin,
     HiddenStatesTap,
+    phase_masks,
     requested_hidden_states,
     run_expedited_layers,
 )
@@ -130,17 +131,13 @@ def _run_encoder(
     kwargs: dict[str, Any],
 ) -> BaseModelOutput:
     config = encoder.config
-    if config.expedite and attention_mask is not None:
-        raise ValueError(
-            "An `attention_mask` over the patch tokens cannot be combined with token clustering (the tokens it masks "
-            "no longer exist after clustering). Pass no mask, or use expedite=False."
-        )
     if config.expedite and grid is None:
         raise ValueError("The expedited DINOv2 encoder needs the patch-token grid; run it through its backbone.")
+    mask_for = phase_masks(config, attention_mask, hidden_states.shape[1])  # transformers' own mask: full length
     hidden_states = run_expedited_layers(
         encoder.layer,
         hidden_states,
-        lambda layer, states: layer(states, attention_mask, **kwargs),
+        lambda layer, states: layer(states, mask_for(states), **kwargs),
         config,
         grid,
         encoder.hidden_states_tap,
@@ -195,7 +192,9 @@ def _expedite_kwargs(
     """The backbone's forward kwargs plus the token grid and the hidden states to reconstruct for its encoder."""
     kwargs = dict(kwargs)
     read = kwargs.pop(READ_HIDDEN_STATES_KWARG, None)
-    if read is None and (hint := _READ_HIDDEN_STATES.get()) is not _UNSET:
+    # torch.compile cannot trace a ContextVar: compiled, a head's hint is not read (every state it asks for is built)
+    hint = _UNSET if torch.compiler.is_compiling() else _READ_HIDDEN_STATES.get()
+    if read is None and hint is not _UNSET:
         read = hint
     elif read is None:
         asked = kwargs.get("output_hidden_states", backbone.config.output_hidden_states)
@@ -220,6 +219,11 @@ class _ExpeditedBackboneMixin:
     def forward(
         self, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> BackboneOutput:
+        if self.config.expedite and attention_mask is not None:
+            raise ValueError(
+                "An `attention_mask` over the patch tokens cannot be combined with token clustering (the tokens it "
+                "masks no longer exist after clustering). Pass no mask, or use expedite=False."
+            )
         return super().forward(pixel_values, attention_mask, **_expedite_kwargs(self, pixel_values, kwargs))
 
 

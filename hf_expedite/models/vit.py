@@ -17,6 +17,7 @@ from ..encoder import (
     HIDDEN_STATES_RECORDER,
     EagerCaptureHooksMixin,
     HiddenStatesTap,
+    phase_masks,
     requested_hidden_states,
     run_expedited_layers,
 )
@@ -87,10 +88,11 @@ class ExpeditedViTModel(EagerCaptureHooksMixin, StrictLoadingMixin, ViTModel):
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=embedding_output, attention_mask=attention_mask
         )
+        mask_for = phase_masks(self.config, attention_mask, embedding_output.shape[1])
         hidden_states = run_expedited_layers(
             self.layers,
             embedding_output,
-            lambda layer, states: layer(states, attention_mask, **kwargs),
+            lambda layer, states: layer(states, mask_for(states), **kwargs),
             self.config,
             token_grid(pixel_values, self.config.patch_size),
             self.hidden_states_tap,

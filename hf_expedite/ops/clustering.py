@@ -18,11 +18,14 @@ autograd on (training, fine-tuning) gradients flow through the soft k-means to t
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
 
 def check_grids(grid: tuple[int, int], cluster_grid: tuple[int, int]) -> None:
     """Raise a ``ValueError`` unless ``cluster_grid`` is a non-empty grid no larger than ``grid`` along each side."""
@@ -37,14 +40,26 @@ def check_grids(grid: tuple[int, int], cluster_grid: tuple[int, int]) -> None:
 
 
 def home_cells(grid: tuple[int, int], cluster_grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
-    """The home cluster cell (row-major index into ``cluster_grid``) of every token of ``grid``, as int64 ``(N,)``.
+    """The home cluster cell (row-major index into ``cluster_grid``) of every token of ``grid``, as int64 ``(N,)``:
+    ``F.interpolate(mode="nearest")`` of the label grid, the rule of the official code (see :func:`nearest_sources`)."""
+    rows, cols = nearest_sources(grid[0], cluster_grid[0]), nearest_sources(grid[1], cluster_grid[1])
+    return torch.tensor([row * cluster_grid[1] + col for row in rows for col in cols], dtype=torch.long, device=device)
 
-    Computed with ``F.interpolate(mode="nearest")`` on the label grid, the rule of the official code (it differs from
-    ``(y * h) // H`` for a few sizes); labels are exact integers in float64 and returned as int64.
+
+def nearest_sources(output_size: int, input_size: int) -> list[int]:
+    """Source index of every output index of ``F.interpolate(mode="nearest")`` along one axis, in plain Python.
+
+    PyTorch's rule for the float32 label maps of the official code: the identity and ``i >> 1`` for exact 1x and 2x,
+    else ``min(floor(i * scale), input_size - 1)`` with ``scale = input_size / output_size`` and the product in float32
+    (it differs from ``(i * in) // out``, and from float64 maps, for a few sizes). Python integers keep every layout a
+    constant for ``torch.compile`` and ``torch.export``.
     """
-    rows, cols = cluster_grid
-    labels = torch.arange(rows * cols, dtype=torch.float64, device=device).view(1, 1, rows, cols)
-    return F.interpolate(labels, size=grid, mode="nearest").view(-1).long()
+    if output_size == input_size:
+        return list(range(output_size))
+    if output_size == 2 * input_size:
+        return [index >> 1 for index in range(output_size)]
+    scale = np.float32(input_size) / np.float32(output_size)
+    return [min(int(np.floor(np.float32(index) * scale)), input_size - 1) for index in range(output_size)]
 
 
 class LocalLayout(NamedTuple):
@@ -62,20 +77,23 @@ class LocalLayout(NamedTuple):
     token_valid: torch.Tensor  # (T, n) slot holds a real token
 
 
-def _axis_tiles(size: int, cells: int, tile: int, radius: int, home: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per tile along one axis: token positions (with validity) and cluster positions of its grown region."""
+def _axis_tiles(
+    size: int, cells: int, tile: int, radius: int, home: list[int], device: torch.device | None
+) -> tuple[torch.Tensor, ...]:
+    """Per tile along one axis: token positions (with validity), their home cells, and the cluster positions of the
+    tile's grown region. Computed in Python from the sizes alone (``home`` is monotone), so no value depends on data."""
     num_tiles = -(-cells // tile)
-    tile_of_token = home // tile
-    counts = torch.bincount(tile_of_token, minlength=num_tiles)
-    starts = torch.cumsum(counts, 0) - counts
-    span = int(counts.max())
-    slots = torch.arange(span, device=home.device)
-    token_pos = starts[:, None] + slots[None, :]
-    token_ok = slots[None, :] < counts[:, None]
-    token_pos = token_pos.clamp(max=size - 1)
-    cell_pos = torch.arange(num_tiles, device=home.device)[:, None] * tile - radius
-    cell_pos = cell_pos + torch.arange(tile + 2 * radius, device=home.device)[None, :]
-    return token_pos, token_ok, home[token_pos], cell_pos
+    counts = [0] * num_tiles
+    for cell in home:
+        counts[cell // tile] += 1
+    starts = [sum(counts[:index]) for index in range(num_tiles)]
+    span = max(counts)
+    token_pos = [[min(start + slot, size - 1) for slot in range(span)] for start in starts]
+    token_ok = [[slot < count for slot in range(span)] for count in counts]
+    cell_pos = [[index * tile - radius + offset for offset in range(tile + 2 * radius)] for index in range(num_tiles)]
+    as_tensor = functools.partial(torch.tensor, device=device)
+    token_home = [[home[position] for position in row] for row in token_pos]
+    return as_tensor(token_pos), as_tensor(token_ok), as_tensor(token_home), as_tensor(cell_pos)
 
 
 def local_layout(
@@ -87,10 +105,8 @@ def local_layout(
     tile, region_radius = max(window_size - 1, 1), radius
     if tile + 2 * radius >= max(rows, cols):  # the grown region covers the grid: one tile, i.e. the dense form
         tile, region_radius = max(rows, cols), 0
-    home_rows = home_cells((height, 1), (rows, 1), device)
-    home_cols = home_cells((1, width), (1, cols), device)
-    y, y_ok, y_home, cell_y = _axis_tiles(height, rows, tile, region_radius, home_rows)
-    x, x_ok, x_home, cell_x = _axis_tiles(width, cols, tile, region_radius, home_cols)
+    y, y_ok, y_home, cell_y = _axis_tiles(height, rows, tile, region_radius, nearest_sources(height, rows), device)
+    x, x_ok, x_home, cell_x = _axis_tiles(width, cols, tile, region_radius, nearest_sources(width, cols), device)
     tiles_y, tiles_x = y.shape[0], x.shape[0]
     # token slots: (Ty, Tx, ny, nx)
     token_ok = y_ok[:, None, :, None] & x_ok[None, :, None, :]
