@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 len(config.id2label), thing_ids, args.threshold, args.mask_threshold, args.overlap_threshold
             )
         processor = AutoImageProcessor.from_pretrained(args.model, revision=args.model_revision)
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # bad settings; a missing folder or Hub repository
         raise InputError(str(error)) from error
     model = load_model(args.model, auto_class, revision=args.model_revision, dtype=args.dtype, device=args.device)
     vanilla = model_pair(model, None)[0]

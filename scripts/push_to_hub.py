@@ -97,13 +97,16 @@ def main(argv: list[str] | None = None) -> str:
     settings = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
     if parse_request(args.expedite, settings).enabled is False:  # bad settings fail here, before any download
         sys.exit("--expedite false would push the vanilla model unchanged; nothing to do.")
-    if args.output_dir:
-        _write(args, settings, args.output_dir)
-        print(f"wrote {args.output_dir}")
-        return args.output_dir
-    with tempfile.TemporaryDirectory(prefix="hf_expedite_push_") as folder:
-        _write(args, settings, folder)
-        commit = upload_to_hub(folder, args.repo_id, private=args.private or None, token=args.token)
+    try:
+        if args.output_dir:
+            _write(args, settings, args.output_dir)
+            print(f"wrote {args.output_dir}")
+            return args.output_dir
+        with tempfile.TemporaryDirectory(prefix="hf_expedite_push_") as folder:
+            _write(args, settings, folder)
+            commit = upload_to_hub(folder, args.repo_id, private=args.private or None, token=args.token)
+    except (OSError, ValueError) as error:  # a missing folder or repository, no access, bad settings: one line
+        sys.exit(f"error: {error}")
     print(f"pushed {args.repo_id}: {commit.commit_url}")
     return commit.commit_url
 

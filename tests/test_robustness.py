@@ -325,3 +325,16 @@ def test_loading_a_vanilla_checkpoint_into_an_expedited_class_does_not_warn(tmp_
     finally:
         transformers.logging.disable_propagation()
     assert "to instantiate a model of type" not in caplog.text
+
+
+def test_missing_models_end_in_one_line_errors(tmp_path, capsys):
+    from hf_expedite.evaluation.runner import InputError
+
+    absent = str(tmp_path / "no-such-model")
+    with pytest.raises(InputError, match="no-such-model"):
+        _script("fidelity_report").main([absent])
+    with pytest.raises(InputError, match="no-such-model"):
+        _script("evaluate_depth").main([absent, "--dataset", str(tmp_path), "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        _script("push_to_hub").main([absent, "--output-dir", str(tmp_path / "pushed")])
+    assert str(exit_info.value.code).startswith("error: ") and "no-such-model" in str(exit_info.value.code)
