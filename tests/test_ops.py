@@ -238,3 +238,30 @@ def test_zero_mass_cluster_collapses_as_in_the_uncentred_formula():
         centres = assign @ tokens / assign.sum(-1, keepdim=True).clamp_min(1e-16)
     assert centres[0, 0].abs().max() < 1e-6  # the collapsed centre
     torch.testing.assert_close(local, centres, rtol=0, atol=1e-9)
+
+
+def test_identical_centres_get_identical_weights():
+    """Mostly-padding windows: several centres are exactly zero. The official code gives them exactly equal
+    distances, so the ">= k-th" rule keeps all of them; so must we (a matrix product may round them apart)."""
+    grid, clusters = (6, 6), (3, 3)
+    tokens = _tokens(grid, channels=48, batch=2) * 3 + 20
+    centres = cluster_tokens(tokens, grid, clusters, iterations=0)
+    centres[:, [1, 4, 5, 7]] = 0.0  # identical centres in both items
+    tokens[:, [0, 30]] = 0.05  # tokens near them (whose home centres are elsewhere)
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, grid, clusters, k=2, temperature=1e3)
+    weights = reconstruction.weights
+    for item in range(2):
+        for token in (0, 30):
+            kept = weights[item, token, [1, 4, 5, 7]]
+            assert torch.equal(kept, kept[:1].expand(4)) and (kept > 0).all()
+
+
+def test_identical_centres_are_grouped_per_batch_item():
+    from hf_expedite.ops.reconstruction import first_identical
+
+    centres = torch.randn(2, 5, 3)
+    assert first_identical(centres) is None  # nothing identical: the distances are used as computed
+    centres[0, 3] = centres[0, 1]
+    centres[1, 4] = centres[1, 2] = centres[1, 0]
+    centres[1, 1] = centres[0, 1]  # identical to a centre of the other item only: not grouped
+    assert first_identical(centres).tolist() == [[0, 1, 2, 1, 4], [0, 1, 0, 3, 0]]

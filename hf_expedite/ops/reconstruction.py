@@ -9,8 +9,9 @@ from them token by token):
   average) or ``"l2"`` (unit Euclidean norm, what ``F.normalize`` does in the official code);
 * ``"hard"``: copy the nearest centre (global argmin), what the official DPT code runs.
 
-The exponent is shifted by each row's smallest distance, which leaves the normalised weights unchanged but means no
-row can underflow to all zeros (the official code then outputs a zero token).
+The exponent is shifted by each row's smallest distance, so no row can underflow to all zeros (the official code
+then outputs a zero token). The normalised weights are the official ones wherever those do not underflow in float32
+and (L2) their norm is at least ``F.normalize``'s 1e-12 floor.
 
 Every token has a *home* centre (its cell on the cluster grid, :func:`~hf_expedite.ops.clustering.home_cells`). Its
 distance to that centre is computed directly, ``sum((z - s)**2)``, which is exactly 0 when the two are equal, and the
@@ -40,16 +41,40 @@ def squared_distances(tokens: torch.Tensor, centres: torch.Tensor) -> torch.Tens
     return (tokens.square().sum(-1)[..., None] + centres.square().sum(-1)[:, None, :] - 2 * dot).clamp_min(0)
 
 
+def first_identical(centres: torch.Tensor) -> torch.Tensor | None:
+    """For every centre of ``(B, M, C)``, the index of the first bit-identical centre of its batch item, ``(B, M)``;
+    ``None`` when no two centres are identical (or under ``torch.compile``, which cannot trace the grouping).
+
+    Identical centres (e.g. the all-zero centres of padding windows) must get identical distances, so that the
+    official tie rule keeps all of them; a matrix product can round identical columns differently.
+    """
+    if torch.compiler.is_compiling():
+        return None
+    batch, count, _ = centres.shape
+    item = torch.arange(batch, device=centres.device, dtype=centres.dtype).repeat_interleave(count)[:, None]
+    rows = torch.cat([item, centres.reshape(batch * count, -1)], dim=1)
+    _, group = torch.unique(rows, dim=0, return_inverse=True)
+    if int(group.max()) + 1 == batch * count:
+        return None
+    positions = torch.arange(batch * count, device=centres.device)
+    first = torch.full_like(positions, batch * count).scatter_reduce_(0, group, positions, reduce="amin")
+    return (first[group] % count).view(batch, count)
+
+
 def home_first_distances(
     tokens: torch.Tensor, centres: torch.Tensor, home: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances ``(B, N, M)`` and a ranking key ``(B, N, M)`` in which each token's home centre wins rounding ties.
 
-    ``home`` holds every token's home cluster, ``(N,)``. The distance to the home centre is computed directly (exact
-    zero for an equal centre); the key lowers it by a bound on the expanded form's rounding error,
-    ``(C + 2) * eps * (|z|^2 + |s|^2)``, so that no other centre can outrank it by rounding alone.
+    ``home`` holds every token's home cluster, ``(N,)``. Identical centres get identical distances
+    (:func:`first_identical`). The distance to the home centre is computed directly (exact zero for an equal centre);
+    the key lowers it by a bound on the expanded form's rounding error, ``(C + 2) * eps * (|z|^2 + |s|^2)``, so that no
+    other centre can outrank it by rounding alone.
     """
     distances = squared_distances(tokens, centres)
+    canonical = first_identical(centres)
+    if canonical is not None:
+        distances = distances.gather(-1, canonical[:, None, :].expand_as(distances))
     index = home.view(1, -1, 1).expand(tokens.shape[0], -1, 1)
     home_centres = centres[:, home]
     direct = (tokens - home_centres).square().sum(-1, keepdim=True)
