@@ -1,8 +1,10 @@
-"""Loading guard shared by the expedited models: a supported checkpoint must load without missing encoder weights.
+"""Loading guard shared by the expedited models: checkpoint weights that exist but were not mapped are an error.
 
-transformers only *reports* missing and unexpected keys. For an expedited class that would mean an encoder left at
-random initialisation whenever a weight-name conversion is not mirrored, so the expedited classes raise instead.
-Head weights (classifier, pooler, ...) may still be missing or unexpected exactly as with the vanilla classes.
+transformers only *reports* missing and unexpected keys. The trap for an expedited class is a weight-name conversion
+that is not mirrored: the checkpoint's encoder weights are then all there, under other names, and the encoder would
+silently stay random. That shows as missing *and* unexpected encoder weights together, and raises. Anything else
+behaves exactly as transformers: a base checkpoint loaded into a task model (a new neck or head to fine-tune), or
+encoder weights a checkpoint simply does not have, are reported as usual.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ def encoder_keys(keys: Any) -> list[str]:
 
 
 class StrictLoadingMixin:
-    """``from_pretrained`` that raises when encoder weights are missing or left unused."""
+    """``from_pretrained`` that raises when encoder weights are both missing and left unused (names not mapped)."""
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
         return_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         missing, unexpected = encoder_keys(info["missing_keys"]), encoder_keys(info["unexpected_keys"])
-        if missing or unexpected:
+        if missing and unexpected:
             raise RuntimeError(
                 f"{cls.__name__} could not load the encoder weights of this checkpoint (the weights would be left "
                 f"random): {len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. "

@@ -338,3 +338,18 @@ def test_missing_models_end_in_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _script("push_to_hub").main([absent, "--output-dir", str(tmp_path / "pushed")])
     assert str(exit_info.value.code).startswith("error: ") and "no-such-model" in str(exit_info.value.code)
+
+
+def test_a_base_checkpoint_loads_into_a_task_model_as_in_transformers(tmp_path):
+    """Fine-tuning: the DPT encoder checkpoint into a depth model whose neck and head are new. transformers reports
+    the new weights; so do the expedited classes (they raise only for weights that exist under unmapped names)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTModel
+
+    config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                       image_size=64, patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 16, 16],
+                       fusion_hidden_size=16)  # fmt: skip
+    DPTModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
+    _, expected = DPTForDepthEstimation.from_pretrained(tmp_path, output_loading_info=True)
+    model, info = hf_expedite.ExpeditedDPTForDepthEstimation.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == expected["missing_keys"] and info["missing_keys"]  # the new neck and head
+    assert info["unexpected_keys"] == expected["unexpected_keys"]
