@@ -43,22 +43,36 @@ def squared_distances(tokens: torch.Tensor, centres: torch.Tensor) -> torch.Tens
 
 def first_identical(centres: torch.Tensor) -> torch.Tensor | None:
     """For every centre of ``(B, M, C)``, the index of the first bit-identical centre of its batch item, ``(B, M)``;
-    ``None`` when no two centres are identical (or under ``torch.compile``, which cannot trace the grouping).
+    ``None`` when no two centres are identical (or under ``torch.compile``, which cannot branch on the data).
 
     Identical centres (e.g. the all-zero centres of padding windows) must get identical distances, so that the
-    official tie rule keeps all of them; a matrix product can round identical columns differently.
+    official tie rule keeps all of them; a matrix product can round identical columns differently. Centres are sorted
+    (stably) on four of their channels, each is paired with the first centre of its run of equal keys, and a pair
+    counts only if the whole centres are equal: a merge is always exact, and a key shared by different centres can
+    at worst leave identical ones ungrouped (as without this step).
     """
     if torch.compiler.is_compiling():
         return None
-    batch, count, _ = centres.shape
-    item = torch.arange(batch, device=centres.device, dtype=centres.dtype).repeat_interleave(count)[:, None]
-    rows = torch.cat([item, centres.reshape(batch * count, -1)], dim=1)
-    _, group = torch.unique(rows, dim=0, return_inverse=True)
-    if int(group.max()) + 1 == batch * count:
+    batch, count, channels = centres.shape
+    order = torch.arange(count, device=centres.device).expand(batch, count)
+    for channel in sorted({channels - 1, 2 * channels // 3, channels // 3, 0}):  # least significant key first
+        keys = centres[:, :, channel].gather(-1, order)
+        order = order.gather(-1, keys.argsort(dim=-1, stable=True))
+    key_channels = sorted({0, channels // 3, 2 * channels // 3, channels - 1})
+    keys = centres[:, :, key_channels].gather(1, order[..., None].expand(-1, -1, len(key_channels)))
+    positions = torch.arange(count, device=centres.device).expand(batch, count)
+    new_run = torch.cat([torch.ones_like(keys[:, :1, 0], dtype=torch.bool), (keys[:, 1:] != keys[:, :-1]).any(-1)], 1)
+    first_in_run = order.gather(-1, torch.where(new_run, positions, 0).cummax(-1).values)
+    candidate = torch.empty_like(order).scatter_(-1, order, first_in_run)
+    items, rows = (candidate != positions).nonzero(as_tuple=True)
+    if not len(rows):
         return None
-    positions = torch.arange(batch * count, device=centres.device)
-    first = torch.full_like(positions, batch * count).scatter_reduce_(0, group, positions, reduce="amin")
-    return (first[group] % count).view(batch, count)
+    same = (centres[items, rows] == centres[items, candidate[items, rows]]).all(-1)
+    if not same.any():
+        return None
+    canonical = positions.clone()
+    canonical[items[same], rows[same]] = candidate[items[same], rows[same]]
+    return canonical
 
 
 def home_first_distances(
