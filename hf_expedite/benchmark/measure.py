@@ -14,8 +14,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -78,12 +82,29 @@ def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor], part: nn.Modu
     return sum(counter.get_flop_counts()[_module_key(model, part)].values())
 
 
+@contextlib.contextmanager
+def quiet_profiler(profile_memory: bool = False) -> Iterator[torch.profiler.profile]:
+    """``torch.profiler.profile`` on the CPU without the lines its native backend writes to the process's stderr at
+    every start and stop (``USDT: ... profiler_start``), which would fill the benchmark's output. Python errors
+    still propagate; the descriptor is restored on the way out."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            with torch.profiler.profile(activities=activities, profile_memory=profile_memory) as run:
+                yield run
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @torch.inference_mode()
 def expedite_overhead(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
     """Seconds of one profiled forward: ``total``, ``clustering`` and ``reconstruction`` (labels summed)."""
     device = _device(model)
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities) as profile:
+    with quiet_profiler() as profile:
         _synchronize(device)
         start = time.perf_counter()
         model(**inputs)
@@ -107,8 +128,7 @@ def peak_memory(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
         model(**inputs)
         torch.cuda.synchronize(device)
         return float(torch.cuda.max_memory_allocated(device) - baseline)
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, profile_memory=True) as profile:
+    with quiet_profiler(profile_memory=True) as profile:
         model(**inputs)
     current = peak = 0
     for event in sorted(profile.events(), key=lambda e: e.time_range.start):
