@@ -4,8 +4,9 @@
 ``backbone_config`` is an expedited DINOv2 config holding the settings; ``load_backbone`` builds the expedited backbone
 and the weight names do not change. Since transformers 5.25 the head's forward asks the backbone for every hidden
 state (``filter_output_hidden_states``) and drops them afterwards unless the caller asked, so the backbone alone cannot
-tell which reduced states anybody reads: :class:`ExpeditedDepthAnythingForDepthEstimation` tells it, and only the
-neck's feature maps and what the caller asked for are reconstructed.
+tell which reduced states anybody reads: :class:`ExpeditedDepthAnythingForDepthEstimation` tells it (the private
+``READ_HIDDEN_STATES_KWARG``, as the expedited DPT heads do), and only the neck's feature maps and what the caller asked
+for are reconstructed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..encoder import requested_hidden_states
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
 from ..settings import ExpediteSettings, LoadsVanillaConfigs, convert_config, setting_names
-from .dinov2 import ExpeditedDinov2Config, expedite_dinov2_config, reading_hidden_states
+from .dinov2 import READ_HIDDEN_STATES_KWARG, ExpeditedDinov2Config, expedite_dinov2_config
 
 
 @strict
@@ -71,8 +72,9 @@ class ExpeditedDepthAnythingForDepthEstimation(StrictLoadingMixin, DepthAnything
     ) -> DepthEstimatorOutput:
         asked = kwargs.get("output_hidden_states", self.config.output_hidden_states)
         read = requested_hidden_states(self, asked, self.backbone.config.num_hidden_layers)
-        with reading_hidden_states(read):
-            return super().forward(pixel_values, labels=labels, **kwargs)
+        if read is not None:  # the head passes its kwargs on to the backbone (which adds its feature maps' inputs)
+            kwargs[READ_HIDDEN_STATES_KWARG] = read
+        return super().forward(pixel_values, labels=labels, **kwargs)
 
 
 mirror_conversion_mapping("ExpeditedDepthAnythingForDepthEstimation", "DepthAnythingForDepthEstimation")

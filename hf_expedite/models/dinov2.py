@@ -10,9 +10,7 @@ num_register_tokens``) are carried through untouched.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -40,21 +38,6 @@ from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
 from ..settings import ExpediteSettings, finalize_settings
 from .vit import token_grid
-
-_UNSET = object()
-_READ_HIDDEN_STATES: contextvars.ContextVar[Any] = contextvars.ContextVar("expedite_read_hidden_states", default=_UNSET)
-
-
-@contextlib.contextmanager
-def reading_hidden_states(read: Collection[int] | None) -> Iterator[None]:
-    """Within the block, expedited DINOv2 backbones reconstruct only the hidden states ``read`` (``None`` = all) plus
-    their feature maps' inputs: for heads that call the backbone with a fixed ``output_hidden_states=True``."""
-    token = _READ_HIDDEN_STATES.set(read)
-    try:
-        yield
-    finally:
-        _READ_HIDDEN_STATES.reset(token)
-
 
 READ_HIDDEN_STATES_KWARG = "expedite_read_hidden_states"
 """Private forward kwarg of the expedited DPT models and DINOv2 backbones: the indices of the hidden states the caller
@@ -192,11 +175,7 @@ def _expedite_kwargs(
     """The backbone's forward kwargs plus the token grid and the hidden states to reconstruct for its encoder."""
     kwargs = dict(kwargs)
     read = kwargs.pop(READ_HIDDEN_STATES_KWARG, None)
-    # torch.compile cannot trace a ContextVar: compiled, a head's hint is not read (every state it asks for is built)
-    hint = _UNSET if torch.compiler.is_compiling() else _READ_HIDDEN_STATES.get()
-    if read is None and hint is not _UNSET:
-        read = hint
-    elif read is None:
+    if read is None:
         asked = kwargs.get("output_hidden_states", backbone.config.output_hidden_states)
         read = requested_hidden_states(backbone, asked, backbone.config.num_hidden_layers)
     consumed = {backbone.stage_names.index(stage) for stage in backbone.out_features}
