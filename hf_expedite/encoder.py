@@ -49,9 +49,8 @@ def _without_capture_hooks(module: nn.Module | None) -> nn.Module | None:
 class EagerCaptureHooksMixin:
     """For ``PreTrainedModel`` subclasses that record outputs: install transformers' capturing hooks at construction
     (:meth:`install_capture_hooks`; installed lazily they take a lock that ``torch.compile`` cannot trace) and stay
-    picklable (``torch.save(model)``,
-    ``copy.deepcopy``): the hooks are local functions, so the pickled state leaves them out and loading installs them
-    again."""
+    picklable (``torch.save(model)``, ``copy.deepcopy``): the hooks are local functions, so the pickled state leaves
+    them out and loading installs them again."""
 
     def install_capture_hooks(self) -> None:
         """Call at the end of ``__init__``, once every recorded module exists."""

@@ -654,13 +654,13 @@ def _run(
     state = get_state()
     stem = task_type.name
     try:
-        output_dir = prepare_output_dir(args.output_dir)
-        if partial_files(output_dir, stem) and not (args.resume or args.overwrite):
+        if partial_files(args.output_dir, stem) and not (args.resume or args.overwrite):
             raise ValueError(
-                f"--output-dir {str(output_dir)!r} holds the partial results of an interrupted run: pass --resume to "
+                f"--output-dir {args.output_dir!r} holds the partial results of an interrupted run: pass --resume to "
                 "continue it, or --overwrite to start over."
             )
-        prepare_output_dir(output_dir, [f"{stem}.md", f"{stem}.json"], overwrite=args.overwrite or args.resume)
+        names = [f"{stem}.md", f"{stem}.json"]
+        output_dir = prepare_output_dir(args.output_dir, names, overwrite=args.overwrite or args.resume)
         config = AutoConfig.from_pretrained(args.model, revision=args.model_revision)
         auto_class = auto_class_for_task(config, task_type.auto_classes, task_type.kind, args.model)
         settings = check_expedite_request(config, args.expedite)
