@@ -44,19 +44,31 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.swin.modeling_swin import eager_attention_forward, window_partition, window_reverse
 from transformers.utils import resolve_revision
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils import output_capturing
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs, maybe_install_capturing_hooks
+
+
+SELECTS_HIDDEN_STATES = hasattr(output_capturing, "resolve_hidden_states_indices")
+"""Whether this transformers lets ``output_hidden_states`` select states by index (5.23 on); before, any truthy
+value (a list too) asks for all of them."""
 
 
 def selected_hidden_states(output_hidden_states: object) -> list[int] | None:
     """The hidden-state indices ``output_hidden_states`` selects (transformers >= 5.23 accepts an int or a list of
-    ints), or ``None`` when it is a flag."""
-    if isinstance(output_hidden_states, bool) or output_hidden_states is None:
+    ints), or ``None`` when it is a flag (always, before 5.23)."""
+    if isinstance(output_hidden_states, bool) or output_hidden_states is None or not SELECTS_HIDDEN_STATES:
         return None
     if isinstance(output_hidden_states, int):
         return [output_hidden_states]
     if isinstance(output_hidden_states, Iterable):
         return list(output_hidden_states)
     return None
+
+
+def auto_class_names(auto_class: type) -> dict[str, str]:
+    """The ``model_type -> class name`` table behind a transformers Auto class (e.g. ``MODEL_MAPPING_NAMES`` for
+    ``AutoModel``): the table pipelines, the Trainer and transformers' tests consult by class name."""
+    return auto_class._model_mapping._model_mapping
 
 
 def resolve_hidden_states_indices(selected: Iterable[int], num_hidden_states: int) -> set[int]:
@@ -72,6 +84,8 @@ __all__ = [
     "MIN_TRANSFORMERS",
     "USER_REGISTERED_MAPPINGS",
     "OutputRecorder",
+    "SELECTS_HIDDEN_STATES",
+    "auto_class_names",
     "SubConfigSpec",
     "can_return_tuple",
     "capture_outputs",

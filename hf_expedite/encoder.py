@@ -66,11 +66,17 @@ class EagerCaptureHooksMixin:
         maybe_install_capturing_hooks(self)
 
 
-class HiddenStatesTap(nn.Identity):
-    """Recorder target for ``hidden_states``: the expedited loop passes every full-resolution state through it."""
+class HiddenStatesTap(nn.Module):
+    """Recorder target for ``hidden_states``: called after every layer as ``tap(layer_input, layer_output)`` with
+    full-resolution states where they are read, it returns ``layer_output``. Like transformers' hooks on a layer
+    class, the recorder takes the first call's input as ``hidden_states[0]``, so index selection
+    (``output_hidden_states=[0, -1]``) counts ``num_hidden_layers + 1`` states as for the parent."""
+
+    def forward(self, layer_input: torch.Tensor, layer_output: torch.Tensor) -> torch.Tensor:
+        return layer_output
 
 
-HIDDEN_STATES_RECORDER = OutputRecorder(HiddenStatesTap, index=0, capture_initial_hidden_state=False)
+HIDDEN_STATES_RECORDER = OutputRecorder(HiddenStatesTap, index=0)
 
 
 def requested_hidden_states(model: nn.Module, output_hidden_states: object, num_layers: int) -> set[int] | None:
@@ -120,21 +126,18 @@ def run_expedited_layers(
     alpha = config.clustering_location if config.expedite else -1
     reconstruct_at = config.reconstruction_location or len(layers)
     reconstruction = None
-    tap(hidden_states)
+    recorded = hidden_states  # the last state given to the tap: its next call's layer input
     for index, layer in enumerate(layers):
         if index == alpha:
             prefix, patches = hidden_states[:, :num_prefix_tokens], hidden_states[:, num_prefix_tokens:]
             centres, reconstruction = cluster_with_settings(patches, grid, config)
             hidden_states = torch.cat([prefix, centres], dim=1)
         hidden_states = call_layer(layer, hidden_states)
-        if reconstruction is None:
-            tap(hidden_states)
-            continue
-        full = None
-        if index + 1 == reconstruct_at or wanted is None or index + 1 in wanted:
+        full = hidden_states
+        if reconstruction is not None and (index + 1 == reconstruct_at or wanted is None or index + 1 in wanted):
             prefix, reduced = hidden_states[:, :num_prefix_tokens], hidden_states[:, num_prefix_tokens:]
             full = torch.cat([prefix, reconstruction(reduced)], dim=1)
-        if index + 1 == reconstruct_at:
-            hidden_states, reconstruction = full, None
-        tap(hidden_states if full is None else full)
+            if index + 1 == reconstruct_at:
+                hidden_states, reconstruction = full, None
+        recorded = tap(recorded, full)
     return hidden_states

@@ -22,7 +22,23 @@ def encoder_keys(keys: Any) -> list[str]:
 
 
 class StrictLoadingMixin:
-    """``from_pretrained`` that raises when encoder weights are both missing and left unused (names not mapped)."""
+    """Mixin of every expedited model: ``from_pretrained`` that raises when encoder weights are both missing and left
+    unused (names not mapped), ``save_pretrained`` with the remote-code shim, and ``config.gradient_checkpointing``
+    honoured although the expedited submodules are built after the parent's ``post_init``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        config = kwargs["config"] if "config" in kwargs else args[0]
+        # transformers' post_init consumes (deletes) config.gradient_checkpointing in the first model built from the
+        # config, often a vanilla submodule that the expedited class then replaces before calling post_init again.
+        # Remembered before any parent __init__ runs (a plain attribute, which nn.Module allows that early), so that
+        # every post_init of this model, in whatever order the mixins run, enables it on the modules it then has.
+        object.__setattr__(self, "_gradient_checkpointing_from_config", getattr(config, "gradient_checkpointing", False))
+        super().__init__(*args, **kwargs)
+
+    def _backward_compatibility_gradient_checkpointing(self) -> None:
+        if getattr(self, "_gradient_checkpointing_from_config", False):
+            self.config.gradient_checkpointing = True  # consumed again by the parent's method, which enables it
+        super()._backward_compatibility_gradient_checkpointing()
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .compat import USER_REGISTERED_MAPPINGS, get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from .compat import (
+    USER_REGISTERED_MAPPINGS,
+    auto_class_names,
+    get_checkpoint_conversion_mapping,
+    register_checkpoint_conversion_mapping,
+)
 
 
 def mirror_conversion_mapping(expedited_key: str, vanilla_key: str) -> None:
@@ -32,5 +37,13 @@ def register_config(config_class: type[PretrainedConfig]) -> None:
 
 
 def register_model(auto_class: type, config_class: type[PretrainedConfig], model_class: type) -> None:
-    """Map ``config_class`` to ``model_class`` in a transformers Auto class (e.g. ``AutoModel``)."""
+    """Map ``config_class`` to ``model_class`` in a transformers Auto class (e.g. ``AutoModel``).
+
+    The class name is also entered in the Auto class's name table (``MODEL_MAPPING_NAMES`` for ``AutoModel``), which
+    transformers consults by name: pipelines then accept the model without an "is not supported" error, and code that
+    asks whether a class is a base model or a backbone (the Trainer, transformers' model tests) gets the parent's
+    answer. The table's entry is never imported from (only ``CONFIG_MAPPING_NAMES`` types are), so it is inert
+    otherwise.
+    """
     auto_class.register(config_class, model_class, exist_ok=True)
+    auto_class_names(auto_class)[config_class.model_type] = model_class.__name__

@@ -144,15 +144,20 @@ def _check_int(config: ExpediteSettings, name: str, low: int, high: int | None =
         _fail(name, value, valid or (f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"))
 
 
+def validate_flags(config: ExpediteSettings) -> None:
+    """Raise a ``ValueError`` unless ``expedite`` (and Swin's ``official_shift_mask``) are bools: ``"false"`` is not."""
+    for name in ("expedite", "official_shift_mask"):
+        if hasattr(config, name) and not isinstance(getattr(config, name), bool):
+            _fail(name, getattr(config, name), "must be true or false (a bool, not a string or a number)")
+
+
 def validate_settings(config: ExpediteSettings, num_blocks: int, unit: str = "encoder blocks") -> None:
     """Raise a ``ValueError`` naming the field, its value and its valid range for any invalid setting of ``config``.
 
     Types are checked strictly (``4.0`` is not a block count, ``"false"`` is not a bool). ``num_blocks`` is the
     number of blocks clustering can be placed between (``unit`` names them in messages).
     """
-    for name in ("expedite", "official_shift_mask"):
-        if hasattr(config, name) and not isinstance(getattr(config, name), bool):
-            _fail(name, getattr(config, name), "must be true or false (a bool, not a string or a number)")
+    validate_flags(config)
     alpha = config.clustering_location
     _check_int(config, "clustering_location", 0, num_blocks - 1,
                f"the number of {unit} before clustering, an integer in 0..{num_blocks - 1}")  # fmt: skip
@@ -217,8 +222,16 @@ def cluster_grid(config: ExpediteSettings, grid: tuple[int, int]) -> tuple[int, 
 
 
 def finalize_settings(config: ExpediteSettings, architecture: str, num_blocks: int, unit: str = "encoder blocks") -> None:
-    """Fill unset settings from the architecture's ``default`` preset, then validate them (``ValueError``)."""
+    """Fill unset settings from the architecture's ``default`` preset, then validate them (``ValueError``).
+
+    With ``expedite`` off only the flags are checked: the other settings are dormant, and the model validates them
+    when it runs with ``expedite`` on. A vanilla config edited after it was built (e.g. fewer layers) then saves and
+    loads as the parent's does.
+    """
     from .presets import get_preset
 
     fill_defaults(config, get_preset(architecture, "default").resolve(config))
-    validate_settings(config, num_blocks, unit)
+    if config.expedite is True:
+        validate_settings(config, num_blocks, unit)
+    else:
+        validate_flags(config)

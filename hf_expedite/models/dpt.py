@@ -14,10 +14,8 @@ hybrid only its ``image_size``; the official NYUv2 (480x640) and KITTI (352x1216
 vanilla model accepts, ``expedite=False`` is bit-identical to it. The segmentation model keeps the vanilla (square)
 neck.
 
-``pipeline("depth-estimation", model=...)`` accepts the expedited depth model silently (its check sees the Auto
-registration); ``pipeline("image-segmentation")`` logs "The model 'ExpeditedDPTForSemanticSegmentation' is not
-supported for image-segmentation" (it compares class names against a fixed list) and then works normally. Depth
-Anything keeps its vanilla class and logs nothing.
+``pipeline("depth-estimation")`` and ``pipeline("image-segmentation")`` accept the expedited models silently: their
+class-name checks see the names :func:`hf_expedite.registry.register_model` enters.
 """
 
 from __future__ import annotations
