@@ -8,13 +8,14 @@ Version notes (checked against the released wheels):
 
 * 5.20: ``SubConfigSpec`` (nested default configs, used by the Mask2Former config) first appears; older releases
   describe sub-configs differently, which sets the floor.
-* 5.23: ``output_hidden_states`` may select hidden states by index (``resolve_hidden_states_indices``,
-  ``selected_hidden_states``); before, it is a flag, and :func:`selected_hidden_states` below handles both.
+* 5.23: ``output_hidden_states`` selects hidden states by index with the embeddings at 0 and negative indices
+  (``resolve_hidden_states_indices``); :data:`SELECTS_HIDDEN_STATES` and :func:`selected_hidden_states` below tell
+  the two conventions apart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import transformers
 from packaging.version import Version
@@ -42,15 +43,17 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.swin.modeling_swin import eager_attention_forward, window_partition, window_reverse
-from transformers.utils import resolve_revision
+from transformers.utils import TransformersKwargs, resolve_revision
+from typing_extensions import Unpack
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils import output_capturing
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs, maybe_install_capturing_hooks
 
 
 SELECTS_HIDDEN_STATES = hasattr(output_capturing, "resolve_hidden_states_indices")
-"""Whether this transformers lets ``output_hidden_states`` select states by index (5.23 on); before, any truthy
-value (a list too) asks for all of them."""
+"""Whether ``output_hidden_states`` selects states by index as in 5.23 on (0 = the embeddings, negatives from the
+end). Before, a list keeps the block outputs at those block indices (no embeddings, no negatives): the expedited
+models then reconstruct every state and transformers' hooks keep the listed ones, as for the parent."""
 
 
 def selected_hidden_states(output_hidden_states: object) -> list[int] | None:
@@ -63,6 +66,14 @@ def selected_hidden_states(output_hidden_states: object) -> list[int] | None:
     if isinstance(output_hidden_states, Iterable):
         return list(output_hidden_states)
     return None
+
+
+def takes_transformers_kwargs(forward: Callable) -> Callable:
+    """Annotate ``forward``'s ``**kwargs`` as ``Unpack[TransformersKwargs]``, the evaluated object transformers' own
+    forwards carry (our modules postpone annotations to strings): introspection such as transformers' model tests
+    reads from it which options (``output_attentions``, ...) the model takes."""
+    forward.__annotations__["kwargs"] = Unpack[TransformersKwargs]
+    return forward
 
 
 def auto_class_names(auto_class: type) -> dict[str, str]:
@@ -99,6 +110,7 @@ __all__ = [
     "resolve_hidden_states_indices",
     "resolve_revision",
     "selected_hidden_states",
+    "takes_transformers_kwargs",
     "window_partition",
     "window_reverse",
 ]

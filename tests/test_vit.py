@@ -92,10 +92,13 @@ def test_hidden_states_keep_the_vanilla_shape(vit_repo, reconstruction_location)
         out = model(pixels(), output_hidden_states=True)
     assert out.last_hidden_state.shape == (2, 65, 32)
     assert [h.shape for h in out.hidden_states] == [(2, 65, 32)] * 7
-    # only the requested indices are returned (and reconstructed)
+    # only the requested indices are returned, as the parent numbers them (transformers >= 5.23: 0 = the embeddings;
+    # before: 0 = the first block's output)
     selected = model(pixels(), output_hidden_states=[0, 4])
-    assert [h is not None for h in selected.hidden_states] == [True, False, False, False, True, False, False]
-    torch.testing.assert_close(selected.hidden_states[4], out.hidden_states[4])
+    reference = ViTModel.from_pretrained(vit_repo, add_pooling_layer=False)(pixels(), output_hidden_states=[0, 4])
+    assert [h is not None for h in selected.hidden_states] == [h is not None for h in reference.hidden_states]
+    offset = len(out.hidden_states) - len(selected.hidden_states)
+    torch.testing.assert_close(selected.hidden_states[4], out.hidden_states[4 + offset])
 
 
 def test_hidden_states_requested_through_the_config(vit_repo):

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_expedite authors. Licensed under the Apache License, Version 2.0 (see pyproject.toml).
 """Expedited subclasses of transformers models, one module per architecture.
 
 Importing a module registers its classes with transformers (Auto classes, weight-name conversions).

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_expedite authors. Licensed under the Apache License, Version 2.0 (see pyproject.toml).
 """Expedited Depth Anything (V1/V2): the vanilla head on an expedited DINOv2 backbone.
 
 :class:`ExpeditedDepthAnythingConfig` is a ``DepthAnythingConfig`` (``model_type`` ``expedited_depth_anything``) whose
@@ -19,7 +20,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoModelForDepthEstimation, DepthAnythingConfig, DepthAnythingForDepthEstimation
 from transformers.modeling_outputs import DepthEstimatorOutput
 
-from ..compat import SubConfigSpec
+from ..compat import SubConfigSpec, takes_transformers_kwargs
 from ..encoder import requested_hidden_states
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
@@ -67,6 +68,7 @@ class ExpeditedDepthAnythingForDepthEstimation(StrictLoadingMixin, DepthAnything
 
     config_class = ExpeditedDepthAnythingConfig
 
+    @takes_transformers_kwargs
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.LongTensor | None = None, **kwargs
     ) -> DepthEstimatorOutput:

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_expedite authors. Licensed under the Apache License, Version 2.0 (see pyproject.toml).
 """Expedited DINOv2 backbones (plain and with register tokens), for Depth Anything and DPT with a DINOv2 backbone.
 
 The backbones are swapped in through ``config.backbone_config`` (:func:`expedite_dinov2_config`): the parent model
@@ -25,7 +26,7 @@ from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers im
     Dinov2WithRegistersEncoder,
 )
 
-from ..compat import capture_outputs, merge_with_config_defaults
+from ..compat import capture_outputs, merge_with_config_defaults, takes_transformers_kwargs
 from ..encoder import (
     HIDDEN_STATES_RECORDER,
     EagerCaptureHooksMixin,
@@ -195,6 +196,7 @@ class _ExpeditedBackboneMixin:
         self.encoder = self.encoder_class(config)
         self.post_init()
 
+    @takes_transformers_kwargs
     def forward(
         self, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> BackboneOutput:

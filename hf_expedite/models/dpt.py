@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_expedite authors. Licensed under the Apache License, Version 2.0 (see pyproject.toml).
 """Expedited DPT: depth estimation and semantic segmentation on all three transformers DPT code paths.
 
 * DPT-Large style (plain ViT encoder) and DPT-Hybrid (BiT stages, untouched, then a ViT encoder):
@@ -47,6 +48,7 @@ from ..compat import (
     capture_outputs,
     filter_output_hidden_states,
     merge_with_config_defaults,
+    takes_transformers_kwargs,
 )
 from ..encoder import (
     HIDDEN_STATES_RECORDER,
@@ -191,6 +193,7 @@ class ExpeditedDPTModel(EagerCaptureHooksMixin, StrictLoadingMixin, DPTModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
+    @takes_transformers_kwargs
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPoolingAndIntermediateActivations:
         wanted = kwargs.pop(READ_HIDDEN_STATES_KWARG, None)
         if wanted is None:
@@ -262,6 +265,7 @@ class ExpeditedDPTForDepthEstimation(StrictLoadingMixin, DPTForDepthEstimation):
         drop_dpt_reassemble_stage(self)
         self.post_init()
 
+    @takes_transformers_kwargs
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.LongTensor | None = None, **kwargs
     ) -> DepthEstimatorOutput:
@@ -302,6 +306,7 @@ class ExpeditedDPTForSemanticSegmentation(StrictLoadingMixin, DPTForSemanticSegm
         self.dpt = ExpeditedDPTModel(config, add_pooling_layer=False)
         self.post_init()
 
+    @takes_transformers_kwargs
     def forward(
         self, pixel_values: torch.Tensor | None = None, labels: torch.LongTensor | None = None, **kwargs
     ) -> SemanticSegmenterOutput:

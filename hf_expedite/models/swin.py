@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_expedite authors. Licensed under the Apache License, Version 2.0 (see pyproject.toml).
 """Expedited Swin (v1): ``SwinBackbone`` that clusters inside the attention windows of one stage.
 
 The stages, blocks and attentions are class-swapped (``__class__`` of plain ``nn.Module``s, before the first forward,

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_expedite authors. Licensed under the Apache License, Version 2.0 (see pyproject.toml).
 """Expedited Swinv2: ``Swinv2Model`` / ``Swinv2Backbone`` that cluster inside the attention windows of one stage.
 
 Same design as :mod:`hf_expedite.models.swin` (class-swapped stages, blocks and attention; per-call state in the stage).

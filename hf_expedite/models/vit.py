@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_expedite authors. Licensed under the Apache License, Version 2.0 (see pyproject.toml).
 """Expedited ViT: ``ViTModel`` / ``ViTForImageClassification`` with clustering and reconstruction in the layer loop."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from ..compat import (
     capture_outputs,
     create_bidirectional_mask,
     merge_with_config_defaults,
+    takes_transformers_kwargs,
 )
 from ..encoder import (
     HIDDEN_STATES_RECORDER,
@@ -66,6 +68,7 @@ class ExpeditedViTModel(EagerCaptureHooksMixin, StrictLoadingMixin, ViTModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
+    @takes_transformers_kwargs
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
