@@ -106,7 +106,16 @@ def convert_config(expedited_class: type, config: Any, vanilla_class: type, **se
         raise ValueError(
             f"Expected a {name} config (model_type {vanilla_type!r}), got model_type {config.model_type!r}."
         )
-    return expedited_class.from_dict(config.to_dict(), **settings)
+    return rebuilt(expedited_class, config, **settings)
+
+
+def rebuilt(config_class: type, config: Any, **settings: Any) -> Any:
+    """``config`` rebuilt as a ``config_class`` with ``settings``, keeping its attention implementation (which
+    ``to_dict`` leaves out, so that a sub-config converted inside its parent's ``__post_init__`` would lose what the
+    parent's ``attn_implementation=`` had set)."""
+    converted = config_class.from_dict(config.to_dict(), **settings)
+    converted._attn_implementation = config._attn_implementation
+    return converted
 
 
 def fill_defaults(config: ExpediteSettings, defaults: dict[str, Any]) -> None:

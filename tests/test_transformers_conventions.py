@@ -163,3 +163,15 @@ def test_forward_advertises_the_transformers_kwargs_it_takes(model_class):
     # transformers' tests (and docs) read the evaluated `**kwargs: Unpack[TransformersKwargs]` annotation.
     kwargs = inspect.signature(model_class.forward).parameters["kwargs"]
     assert "output_attentions" in kwargs.annotation.__args__[0].__annotations__
+
+
+def test_attn_implementation_reaches_the_converted_backbone_config():
+    # DPT turns a DINOv2 backbone_config into an expedited one inside __post_init__, after transformers propagated
+    # `attn_implementation` to it; the conversion must keep it.
+    config = hf_expedite.ExpeditedDPTConfig(
+        backbone_config=transformers.Dinov2Config(**VIT, out_indices=[1, 2]),
+        neck_hidden_sizes=[8, 16],
+        attn_implementation="eager",
+    )
+    assert isinstance(config.backbone_config, hf_expedite.ExpeditedDinov2Config)
+    assert config._attn_implementation == config.backbone_config._attn_implementation == "eager"

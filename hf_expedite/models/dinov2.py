@@ -37,7 +37,7 @@ from ..encoder import (
 )
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import ExpediteSettings, finalize_settings
+from ..settings import ExpediteSettings, finalize_settings, rebuilt
 from .vit import token_grid
 
 READ_HIDDEN_STATES_KWARG = "expedite_read_hidden_states"
@@ -92,7 +92,7 @@ def expedite_dinov2_config(config: PreTrainedConfig, **settings: Any) -> PreTrai
             f"Expedite does not support a backbone of type {getattr(config, 'model_type', type(config).__name__)!r}; "
             "supported backbones: dinov2, dinov2_with_registers."
         )
-    return config_class.from_dict(config.to_dict(), **settings)
+    return rebuilt(config_class, config, **settings)
 
 
 def expedited_token_grid(pixel_values: torch.Tensor, patch_size: int | list[int]) -> tuple[int, int]:

@@ -60,7 +60,7 @@ from ..encoder import (
 from ..loading import StrictLoadingMixin
 from ..presets.dpt import encoder_depth
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import ExpediteSettings, expedite_settings, finalize_settings, setting_names
+from ..settings import ExpediteSettings, expedite_settings, finalize_settings, rebuilt, setting_names
 from .dinov2 import (
     EXPEDITED_BACKBONE_CONFIGS,
     READ_HIDDEN_STATES_KWARG,
@@ -151,7 +151,7 @@ def expedite_dpt_config(config: DPTConfig, **settings: Any) -> ExpeditedDPTConfi
             if settings.keys() & {"num_clusters", "cluster_ratio"}:  # one choice: the caller's replaces the saved one
                 inherited = {k: v for k, v in inherited.items() if k not in ("num_clusters", "cluster_ratio")}
             settings = {**inherited, **settings}
-    return ExpeditedDPTConfig.from_dict(config.to_dict(), **settings)
+    return rebuilt(ExpeditedDPTConfig, config, **settings)
 
 
 def _call_layer(layer: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from ..encoder import (
 )
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import ExpediteSettings, finalize_settings
+from ..settings import ExpediteSettings, finalize_settings, rebuilt
 
 
 @strict
@@ -42,7 +42,7 @@ class ExpeditedViTConfig(ExpediteSettings, ViTConfig):
 
 def expedite_vit_config(config: ViTConfig, **settings) -> ExpeditedViTConfig:
     """The expedited version of a ViT config (vanilla or already expedited), with ``settings`` applied."""
-    return ExpeditedViTConfig.from_dict(config.to_dict(), **settings)
+    return rebuilt(ExpeditedViTConfig, config, **settings)
 
 
 def token_grid(pixel_values: torch.Tensor, patch_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
