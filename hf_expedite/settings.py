@@ -114,7 +114,12 @@ def rebuilt(config_class: type, config: Any, **settings: Any) -> Any:
     ``to_dict`` leaves out, so that a sub-config converted inside its parent's ``__post_init__`` would lose what the
     parent's ``attn_implementation=`` had set)."""
     converted = config_class.from_dict(config.to_dict(), **settings)
-    converted._attn_implementation = config._attn_implementation
+    # The dict form sets each level's own value (a plain value would overwrite every sub-config with the parent's).
+    implementations = {"": config._attn_implementation}
+    for key in converted.sub_configs:
+        if getattr(config, key, None) is not None and getattr(converted, key, None) is not None:
+            implementations[key] = getattr(config, key)._attn_implementation
+    converted._attn_implementation = implementations
     return converted
 
 

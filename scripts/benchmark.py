@@ -33,15 +33,16 @@ def _optional(value: float | None, spec: str) -> str:
 def markdown_table(results: list[CaseResult]) -> str:
     """The results as a markdown table (FLOPs counted by torch.utils.flop_counter: 2 per multiply-add)."""
     lines = [
-        "| case | vanilla ms | expedited ms | speedup | throughput ratio (batch) | GFLOPs vanilla -> expedited | "
-        "FLOPs ratio | backbone FLOPs ratio | clustering + reconstruction | peak MB vanilla -> expedited | "
-        "output rel. error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | vanilla ms | expedited ms | speedup | ideal ms | ratio to ideal | throughput ratio (batch) | "
+        "GFLOPs vanilla -> expedited | FLOPs ratio | backbone FLOPs ratio | clustering + reconstruction | "
+        "peak MB vanilla -> expedited | output rel. error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         throughput = "-" if r.throughput_ratio is None else f"{r.throughput_ratio:.2f}x ({r.throughput_batch})"
         lines.append(
-            f"| {r.name} | {r.vanilla_ms:.0f} | {r.expedited_ms:.0f} | {r.speedup:.2f}x | {throughput} | "
+            f"| {r.name} | {r.vanilla_ms:.0f} | {r.expedited_ms:.0f} | {r.speedup:.2f}x | {r.ideal_ms:.0f} | "
+            f"{r.ratio_to_ideal:.2f} | {throughput} | "
             f"{r.vanilla_gflops:.1f} -> {r.expedited_gflops:.1f} | {r.flops_ratio:.3f} | "
             f"{_optional(r.backbone_flops_ratio, '.3f')} | "
             f"{r.overhead_share:.1%} ({r.clustering_ms:.1f} + {r.reconstruction_ms:.1f} ms) | "

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hf_expedite.benchmark.cases_vit import vit_case
+from hf_expedite.benchmark.ideal import IdealModel
 from hf_expedite.benchmark.measure import count_flops, run_case
 from hf_expedite.benchmark.registry import all_cases, paper_cases
 
@@ -43,6 +44,7 @@ def test_run_case_reports_side_by_side_numbers(case):
     result = run_case(case, repeats=2, warmup=1, throughput_batch=4)
     assert result.vanilla_ms > 0 and result.expedited_ms > 0
     assert result.speedup == pytest.approx(result.vanilla_ms / result.expedited_ms)
+    assert result.ideal_ms > 0 and result.ratio_to_ideal == pytest.approx(result.ideal_ms / result.expedited_ms)
     # one full-resolution layer, three on 1 + 16 tokens, plus the clustering/reconstruction matrix products
     assert result.flops_ratio < (_layer_flops(65) + 3 * _layer_flops(17) + 2 * 2 * 64 * 192 * 32) / (
         4 * _layer_flops(65) + 2 * 64 * 192 * 32
@@ -52,6 +54,21 @@ def test_run_case_reports_side_by_side_numbers(case):
     assert result.vanilla_peak_mb > 0 and result.expedited_peak_mb > 0
     assert result.throughput_batch == 4 and result.throughput_ratio > 0
     assert 0 < result.output_relative_error < 1
+
+
+def test_ideal_model_runs_the_reduced_blocks_without_clustering_arithmetic(case):
+    ideal = IdealModel(case.expedited)
+    with torch.no_grad():
+        reference, output = case.vanilla(**case.inputs)[0], ideal(**case.inputs)[0]
+    assert output.shape == reference.shape
+    # The same reduced blocks, no clustering or reconstruction products: exactly the transformer's FLOPs.
+    embedding = 2 * 2 * 64 * 192 * 32
+    assert count_flops(ideal, case.inputs) == embedding + 2 * (_layer_flops(65) + 3 * _layer_flops(17))
+    # With a cluster grid equal to the token grid nothing is dropped: the vanilla forward, bit for bit.
+    torch.manual_seed(0)
+    full = vit_case("full", TINY, 64, {"clustering_location": 1, "num_clusters": [8, 8]}, "8x8 -> 8x8")
+    with torch.no_grad():
+        assert torch.equal(IdealModel(full.expedited)(**full.inputs)[0], full.vanilla(**full.inputs)[0])
 
 
 def test_report_table_plot_and_case_registry(case, tmp_path):

@@ -1,7 +1,8 @@
 """Measurements behind ``scripts/benchmark.py``: latency side by side, FLOPs, and the cost of Expedite's own layers.
 
-* Latency: the vanilla and the expedited model run alternately in one process on the same inputs, so both see the
-  same machine state; the medians and their ratio are reported.
+* Latency: the vanilla, the expedited and the ideal model (:mod:`hf_expedite.benchmark.ideal`: tokens dropped and
+  restored by index, the limit of the speed-up) run alternately in one process on the same inputs, so all see the
+  same machine state; the medians, the speed-up and the ratio to the ideal speed-up are reported.
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per multiply-add (the paper's "GFLOPs"
   are multiply-adds, i.e. half of these). It counts matrix products, convolutions and attention, not element-wise
   work; the CPU kernel of scaled-dot-product attention, which torch does not register, is added here.
@@ -28,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..hourglass import CLUSTERING_SCOPE, RECONSTRUCTION_SCOPE
 from .case import BenchmarkCase
+from .ideal import IdealModel
 
 
 def _synchronize(device: torch.device) -> None:
@@ -152,6 +154,8 @@ class CaseResult:
     vanilla_ms: float
     expedited_ms: float
     speedup: float
+    ideal_ms: float
+    ratio_to_ideal: float  # expedited speed-up / ideal speed-up = ideal_ms / expedited_ms
     vanilla_gflops: float
     expedited_gflops: float
     flops_ratio: float
@@ -187,8 +191,9 @@ def run_case(
     """Measure one case: alternated latencies, FLOPs (whole model and backbone), overhead share, peak memory, and,
     with ``throughput_batch``, images per second at that batch size."""
     models = {"vanilla": case.vanilla.eval(), "expedited": case.expedited.eval()}
-    times = alternated_latencies(models, case.inputs, repeats=repeats, warmup=warmup)
+    times = alternated_latencies({**models, "ideal": IdealModel(case.expedited)}, case.inputs, repeats, warmup)
     vanilla_s, expedited_s = statistics.median(times["vanilla"]), statistics.median(times["expedited"])
+    ideal_s = statistics.median(times["ideal"])
     flops = {name: count_flops(model, case.inputs) for name, model in models.items()}
     overhead = expedite_overhead(case.expedited, case.inputs)
     result = CaseResult(
@@ -197,6 +202,8 @@ def run_case(
         vanilla_ms=vanilla_s * 1e3,
         expedited_ms=expedited_s * 1e3,
         speedup=vanilla_s / expedited_s,
+        ideal_ms=ideal_s * 1e3,
+        ratio_to_ideal=ideal_s / expedited_s,
         vanilla_gflops=flops["vanilla"] / 1e9,
         expedited_gflops=flops["expedited"] / 1e9,
         flops_ratio=flops["expedited"] / flops["vanilla"],
