@@ -43,11 +43,10 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.swin.modeling_swin import eager_attention_forward, window_partition, window_reverse
-from transformers.utils import TransformersKwargs, resolve_revision
-from typing_extensions import Unpack
+from transformers.utils import TransformersKwargs, output_capturing, resolve_revision
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils import output_capturing
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs, maybe_install_capturing_hooks
+from typing_extensions import Unpack
 
 
 SELECTS_HIDDEN_STATES = hasattr(output_capturing, "resolve_hidden_states_indices")
@@ -96,8 +95,8 @@ __all__ = [
     "USER_REGISTERED_MAPPINGS",
     "OutputRecorder",
     "SELECTS_HIDDEN_STATES",
-    "auto_class_names",
     "SubConfigSpec",
+    "auto_class_names",
     "can_return_tuple",
     "capture_outputs",
     "create_bidirectional_mask",

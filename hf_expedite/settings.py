@@ -8,6 +8,7 @@ Fields left at ``None`` are filled from the architecture's default preset when t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -245,7 +246,12 @@ def finalize_settings(config: ExpediteSettings, architecture: str, num_blocks: i
     from .presets import get_preset
 
     fill_defaults(config, get_preset(architecture, "default").resolve(config))
-    if config.expedite is True:
-        validate_settings(config, num_blocks, unit)
-    else:
-        validate_flags(config)
+    validate_when_expedited(config, lambda: validate_settings(config, num_blocks, unit))
+
+
+def validate_when_expedited(config: ExpediteSettings, validate: Callable[[], object]) -> None:
+    """Check the flags, then run ``validate`` only if ``expedite`` is on: with it off the other settings are
+    dormant (see :func:`finalize_settings`)."""
+    validate_flags(config)
+    if config.expedite:
+        validate()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .compat import window_partition, window_reverse
 from .hourglass import CLUSTERING_SCOPE, RECONSTRUCTION_SCOPE, cluster_with_settings
 from .ops.reconstruction import TokenReconstruction
-from .settings import WindowedExpediteSettings, fill_defaults, is_int, validate_flags, validate_settings
+from .settings import WindowedExpediteSettings, fill_defaults, is_int, validate_settings, validate_when_expedited
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,7 @@ def finalize_windowed_settings(config: WindowedExpediteSettings, architecture: s
     fill_defaults(config, get_preset(architecture, "default").resolve(config))
     if is_int(config.clustered_window_size):
         config.num_clusters = [config.clustered_window_size, config.clustered_window_size]
-    if config.expedite is True:  # dormant settings are checked when the model runs expedited (see finalize_settings)
-        checked_span(config, windows)
-    else:
-        validate_flags(config)
+    validate_when_expedited(config, lambda: checked_span(config, windows))
 
 
 def checked_span(config: WindowedExpediteSettings, windows: Sequence[int]) -> ClusteredSpan:
