@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-import torch
-from tqdm.auto import tqdm
+from hf_expedite_cli.options import non_negative_int, positive_int
 
-from hf_expedite.benchmark.measure import CaseResult, run_case
-from hf_expedite.benchmark.registry import all_cases, paper_cases
-from hf_expedite.evaluation.runner import non_negative_int, positive_int
+if TYPE_CHECKING:
+    from hf_expedite.benchmark.measure import CaseResult
 
 DEFAULT_CASES = ("vit-b16-512", "vit-l16-640-ade20k")
 
@@ -71,7 +70,7 @@ def plot_speed_vs_fidelity(results: list[CaseResult], path: str) -> None:
     figure.savefig(path, dpi=150)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=None, help="case names, or 'all'")
     parser.add_argument("--suite", choices=("default", "paper"), default="default",
@@ -86,7 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="device to run on, e.g. cuda")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--list", action="store_true", help="list the available cases and exit")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # before the heavy imports: --help and a bad option answer at once
+    import torch
+    from tqdm.auto import tqdm
+
+    from hf_expedite.benchmark.measure import run_case
+    from hf_expedite.benchmark.registry import all_cases, paper_cases
 
     cases = all_cases()
     if args.list:

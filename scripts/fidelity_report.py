@@ -27,43 +27,32 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
-from PIL import Image
-from transformers import AutoConfig, AutoImageProcessor
+from hf_expedite_cli.errors import InputError, cli
+from hf_expedite_cli.options import DTYPE_NAMES, parse_expedite, positive_int
 
-from hf_expedite import AutoModelForDepthEstimation, AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation
-from hf_expedite.benchmark.photos import photograph
-from hf_expedite.evaluation.datasets_io import to_rgb
-from hf_expedite.evaluation.report import prepare_output_dir, to_jsonable
-from hf_expedite.evaluation.runner import (
-    InputError,
-    auto_class_for_task,
-    check_expedite_request,
-    cli,
-    load_model,
-    model_pair,
-    panoptic_post_processing,
-    parse_dtype,
-    parse_expedite,
-    parse_ids,
-    positive_int,
-)
-from hf_expedite.fidelity import FidelityReport, compare_predictions, timed_predictions
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from hf_expedite.fidelity import FidelityReport
 
 SKIMAGE_PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-TASKS = {  # task -> (what it is, the Auto classes whose models do it), in the order tried by --task auto
-    "depth": ("depth estimation", (AutoModelForDepthEstimation,)),
-    "semantic": ("semantic segmentation", (AutoModelForSemanticSegmentation,)),
-    "panoptic": ("panoptic segmentation", (AutoModelForUniversalSegmentation,)),
+TASKS = {  # task -> (what it is, the hf_expedite Auto classes whose models do it), in the order tried by --task auto
+    "depth": ("depth estimation", ("AutoModelForDepthEstimation",)),
+    "semantic": ("semantic segmentation", ("AutoModelForSemanticSegmentation", "AutoModelForUniversalSegmentation")),
+    "panoptic": ("panoptic segmentation", ("AutoModelForUniversalSegmentation",)),
 }
-SEMANTIC_AUTO_CLASSES = (AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation)
 
 
-def load_images(paths: Sequence[str], limit: int | None) -> list[tuple[str, Image.Image]]:
+def load_images(paths: Sequence[str], limit: int | None) -> list[tuple[str, Image]]:
     """(name, RGB image) for the given files and folders, or the scikit-image photographs without paths."""
+    from PIL import Image
+
+    from hf_expedite.benchmark.photos import photograph
+    from hf_expedite.evaluation.datasets_io import to_rgb
+
     if not paths:
         return [(name, photograph(name)) for name in SKIMAGE_PHOTOGRAPHS[:limit]]
     files: list[Path] = []
@@ -87,14 +76,19 @@ def load_images(paths: Sequence[str], limit: int | None) -> list[tuple[str, Imag
 
 
 def resolve_task(config: Any, task: str, model: str) -> tuple[str, type]:
-    """(task, Auto class) for ``--task`` (``auto``: the first task the checkpoint's architecture does)."""
-    if task == "semantic":
-        return task, auto_class_for_task(config, SEMANTIC_AUTO_CLASSES, TASKS[task][0], model)
+    """(task, Auto class) for ``--task`` (``auto``: the first task the checkpoint's architecture does, a Mask2Former
+    checkpoint counting as panoptic)."""
+    import hf_expedite
+    from hf_expedite.evaluation.runner import auto_class_for_task
+
+    def auto_classes(name: str) -> tuple[type, ...]:
+        return tuple(getattr(hf_expedite, class_name) for class_name in TASKS[name][1])
+
     if task != "auto":
-        return task, auto_class_for_task(config, TASKS[task][1], TASKS[task][0], model)
-    for name, (_, auto_classes) in TASKS.items():
+        return task, auto_class_for_task(config, auto_classes(task), TASKS[task][0], model)
+    for name in ("depth", "semantic", "panoptic"):
         try:
-            return name, auto_class_for_task(config, auto_classes, "", model)
+            return name, auto_class_for_task(config, auto_classes(name)[:1], "", model)  # the task's own class
         except ValueError:
             continue
     raise InputError(f"{model} is not a depth estimation, semantic or universal segmentation model.")
@@ -106,6 +100,7 @@ def setting_requests(args: argparse.Namespace, config: Any) -> tuple[dict[str, A
     settings of an expedited checkpoint or the default preset."""
     from hf_expedite import list_presets
     from hf_expedite.conversion import conversion_for, is_expedited
+    from hf_expedite.evaluation.runner import check_expedite_request
 
     requests = {label: request for label, request in args.expedite or []}
     for request in requests.values():
@@ -130,7 +125,7 @@ def expedite_option(value: str) -> tuple[str, Any]:
 
 def markdown_table(reports: dict[str, FidelityReport | str], task: str) -> str:
     """One row per setting: the summary values, both models' ms / image and the speed-up (or the error)."""
-    keys = next((list(r.summary) for r in reports.values() if isinstance(r, FidelityReport)), [])
+    keys = next((list(r.summary) for r in reports.values() if not isinstance(r, str)), [])
     header = ["setting", *keys, "vanilla ms/img", "expedited ms/img", "speed-up"]
     lines = [f"## Fidelity to the vanilla model ({task})", "", "| " + " | ".join(header) + " |"]
     lines.append("|---|" + "---:|" * (len(header) - 1))
@@ -163,8 +158,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "saved settings of an expedited checkpoint, else the architecture's default preset)",
     )
     parser.add_argument("--all-presets", action="store_true", help="also compare every preset of the architecture")
-    parser.add_argument("--dtype", type=parse_dtype, default=torch.float32, help="float32 (default), float16, bfloat16")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="model dtype (default: float32)")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--output-dir", help="also write fidelity.md and fidelity.json here")
     parser.add_argument("--overwrite", action="store_true", help="replace fidelity.md / fidelity.json there")
     panoptic = parser.add_argument_group("panoptic post-processing")
@@ -177,7 +172,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Compare the settings; returns {setting: report dict or error message}."""
-    args = parse_args(argv)
+    args = parse_args(argv)  # before the heavy imports: --help and a bad option answer at once
+    import torch
+    from transformers import AutoConfig, AutoImageProcessor
+
+    from hf_expedite.evaluation.report import prepare_output_dir, to_jsonable
+    from hf_expedite.evaluation.runner import DTYPES, load_model, model_pair, panoptic_post_processing, parse_ids
+    from hf_expedite.fidelity import FidelityReport, compare_predictions, timed_predictions
+
     try:
         if args.output_dir:
             prepare_output_dir(args.output_dir, ["fidelity.md", "fidelity.json"], overwrite=args.overwrite)
@@ -197,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         processor = AutoImageProcessor.from_pretrained(args.model, revision=args.model_revision)
     except (ValueError, OSError) as error:  # bad settings; a missing folder or Hub repository
         raise InputError(str(error)) from error
-    model = load_model(args.model, auto_class, revision=args.model_revision, dtype=args.dtype, device=args.device)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, auto_class, revision=args.model_revision, dtype=DTYPES[args.dtype], device=device)
     vanilla = model_pair(model, None)[0]
     pictures = [image for _, image in images]
     references, vanilla_seconds = timed_predictions(vanilla, processor, pictures, task, post_processing)

@@ -9,7 +9,8 @@ Examples::
     python scripts/push_to_hub.py ./my-vit --output-dir ./my-vit-expedited      # only write the folder
 
 ``--expedite`` is a preset name or a JSON dict of settings (default: the architecture's ``default`` preset); each
-setting also has its own flag (``--num-clusters '[16, 16]'``), applied over the preset or dict.
+setting also has its own flag (``--clustering-location 8``, ``--num-clusters '[16, 16]'``), applied over the preset or
+dict; flag values are JSON when they parse (numbers, lists, booleans, null), else strings.
 """
 
 from __future__ import annotations
@@ -21,13 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoImageProcessor
-
-from hf_expedite.auto import auto_class_for
-from hf_expedite.conversion import SETTING_NAMES, parse_request
-from hf_expedite.hub import save_for_hub, upload_to_hub
-
-SETTING_FLAGS = [name for name in SETTING_NAMES if name != "expedite"]  # `--expedite` is the switch itself
+from hf_expedite_cli.options import SETTING_FLAGS
 
 
 def _value(text: str) -> Any:
@@ -72,6 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _write(args: argparse.Namespace, settings: dict[str, Any], folder: str) -> None:
+    from transformers import AutoConfig, AutoImageProcessor
+
+    from hf_expedite.auto import auto_class_for
+    from hf_expedite.hub import save_for_hub
+
     hub_kwargs = {"token": args.token, "revision": args.revision}
     auto_class = auto_class_for(AutoConfig.from_pretrained(args.base, **hub_kwargs))
     model = auto_class.from_pretrained(args.base, expedite=args.expedite, **settings, **hub_kwargs)
@@ -93,7 +93,9 @@ def _write(args: argparse.Namespace, settings: dict[str, Any], folder: str) -> N
 
 def main(argv: list[str] | None = None) -> str:
     """Run the script; return the folder written (with --output-dir) or the commit URL."""
-    args = parse_args(argv)
+    args = parse_args(argv)  # before the heavy imports: --help and a bad option answer at once
+    from hf_expedite.conversion import parse_request
+
     settings = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
     if parse_request(args.expedite, settings).enabled is False:  # bad settings fail here, before any download
         sys.exit("--expedite false would push the vanilla model unchanged; nothing to do.")
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> str:
             _write(args, settings, args.output_dir)
             print(f"wrote {args.output_dir}")
             return args.output_dir
+        from hf_expedite.hub import upload_to_hub
+
         with tempfile.TemporaryDirectory(prefix="hf_expedite_push_") as folder:
             _write(args, settings, folder)
             commit = upload_to_hub(folder, args.repo_id, private=args.private or None, token=args.token)

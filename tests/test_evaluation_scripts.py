@@ -26,6 +26,8 @@ from transformers import AutoImageProcessor
 
 import hf_expedite
 from hf_expedite.evaluation.runner import InputError
+from hf_expedite.evaluation.tasks.depth import DepthTask, crop_mask, kb_window
+from hf_expedite.evaluation.tasks.panoptic import PanopticTask
 from hf_expedite.fidelity import predict
 
 from test_fidelity import DPT_REDUCED, M2F_REDUCED, photos, tiny_dpt_depth, tiny_dpt_segmentation, tiny_mask2former
@@ -109,7 +111,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     # COCO panoptic layout (image, label = RGB-encoded segment ids, segments_info with sparse category ids), labelled
     # by the vanilla model through the script's own protocol (Mask2Former's panoptic inference).
     model, processor = _vanilla(paths["m2f_model"], hf_expedite.AutoModelForUniversalSegmentation)
-    task = _script("evaluate_panoptic").PanopticTask(
+    task = PanopticTask(
         panoptic_column="label", segments_column="segments_info", num_labels=6, label_map=None, thing_ids=THINGS,
         threshold=0.0, mask_threshold=0.5, overlap_threshold=0.0,
     )  # fmt: skip
@@ -250,8 +252,7 @@ def test_semantic_published_protocol_per_family(scripts, data, tmp_path):
         assert 0.0 <= _metrics(payload, "expedited")["mean_iou"] <= 1.0
 
 
-def test_depth_crops_truncate_as_the_references(scripts):
-    crop_mask = scripts["evaluate_depth"].crop_mask
+def test_depth_crops_truncate_as_the_references():
     rows = lambda mask: (int(mask.any(1).argmax()), int(len(mask) - mask.any(1)[::-1].argmax()))  # noqa: E731
     cols = lambda mask: rows(mask.T)  # noqa: E731
     eigen = crop_mask((480, 640), "eigen")
@@ -263,15 +264,14 @@ def test_depth_crops_truncate_as_the_references(scripts):
     assert crop_mask((10, 10), "none") is None
 
 
-def test_kitti_kb_crop_of_input_and_reference(scripts):
-    module = scripts["evaluate_depth"]
-    assert module.kb_window(375, 1242) == (23, 13, 375, 1229)  # bottom-centred 352 x 1216, BTS's margins
-    task = module.DepthTask(depth_column="depth", depth_scale=256.0, min_depth=1e-3, max_depth=80.0, crop="garg",
-                            kb_crop=True, alignment="none", aggregation="per-image")
+def test_kitti_kb_crop_of_input_and_reference():
+    assert kb_window(375, 1242) == (23, 13, 375, 1229)  # bottom-centred 352 x 1216, BTS's margins
+    task = DepthTask(depth_column="depth", depth_scale=256.0, min_depth=1e-3, max_depth=80.0, crop="garg",
+                     kb_crop=True, alignment="none", aggregation="per-image")
     depth = np.arange(375 * 1242, dtype=np.float64).reshape(375, 1242)
     reference = task.reference(0, {"depth": depth})
     assert reference.map.shape == (352, 1216) and reference.map[0, 0] == depth[23, 13] / 256.0
-    full_mask = module.crop_mask((375, 1242), "garg")  # the Garg crop is taken on the full-size map, then cropped
+    full_mask = crop_mask((375, 1242), "garg")  # the Garg crop is taken on the full-size map, then cropped
     assert np.array_equal(reference.info, full_mask[23:375, 13:1229])
     image = PIL.Image.fromarray((depth % 255).astype(np.uint8)).convert("RGB")
     cropped = task.input_image(image)

@@ -10,7 +10,6 @@ import torch
 from transformers import DPTConfig, DPTForSemanticSegmentation
 
 from hf_expedite.evaluation.protocols import (
-    COCO_PANOPTIC_CATEGORIES,
     crop_and_resize,
     panoptic_inference,
     resize_short_side,
@@ -20,6 +19,7 @@ from hf_expedite.evaluation.protocols import (
     sliding_windows,
 )
 from hf_expedite.metrics import load_metric
+from hf_expedite_cli.options import COCO_PANOPTIC_CATEGORIES
 
 
 def test_short_side_resize_keeps_the_aspect_ratio_under_the_long_side_cap():

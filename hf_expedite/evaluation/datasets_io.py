@@ -16,7 +16,8 @@ import numpy as np
 import PIL.Image
 from tqdm.auto import tqdm
 
-PARQUET_REVISION = "refs/convert/parquet"
+from hf_expedite_cli.options import PARQUET_REVISION
+
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 

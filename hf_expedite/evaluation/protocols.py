@@ -8,17 +8,12 @@ that a checkpoint evaluated here gets the number its authors published; the expe
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from pathlib import Path
 from typing import Any
 
 import PIL.Image
 import torch
 import torch.nn.functional as F
 from transformers import BatchFeature
-
-
-COCO_PANOPTIC_CATEGORIES = Path(__file__).with_name("coco_panoptic_categories.json")
-"""{COCO category id: name} of the 133 COCO panoptic categories (80 things, then 53 stuff; panopticapi's names)."""
 
 
 def short_side_size(height: int, width: int, short: int, long_max: int | None) -> tuple[int, int]:

@@ -1,9 +1,10 @@
-"""The part the evaluation scripts share: options, checks before any work, the vanilla + expedited model pair, the
-timed (multi-process) evaluation loop and the report.
+"""The part the evaluation scripts share: checks before any work, the vanilla + expedited model pair, the timed
+(multi-process) evaluation loop and the report.
 
-A script describes its task with an :class:`EvaluationTask` subclass (how to read a reference from a dataset row, how
-to post-process model outputs, the metric's per-image statistics and how to combine them) and its datasets with
-:class:`Benchmark` presets, then calls :func:`run`. The flow, identical on every process of an ``accelerate launch``:
+A task is an :class:`EvaluationTask` subclass (how to read a reference from a dataset row, how to post-process model
+outputs, the metric's per-image statistics and how to combine them); a script parses its options with
+``hf_expedite_cli.options`` (its datasets as :class:`~hf_expedite_cli.options.Benchmark` presets), then calls
+:func:`run`. The flow, identical on every process of an ``accelerate launch``:
 
 1. checks that need no weights: the model config's task, the Expedite request, the dataset's columns, and the
    references of the first ``--check-samples`` samples (label range, map shape, category mapping);
@@ -21,7 +22,6 @@ import abc
 import argparse
 import json
 import statistics as stats
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,25 +33,17 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoImageProcessor, BatchFeature, PreTrainedConfig
 
+from hf_expedite_cli.errors import InputError, Interrupted
+from hf_expedite_cli.options import DTYPE_NAMES
+
 from .datasets_io import ImageBatches, load_eval_dataset
 from .distributed import gather_by_index, get_state, shard_indices, shutdown
 from .partial import PartialLog, Recorded, load_recorded, partial_files
 from .report import ModelResult, prepare_output_dir, write_report
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+"""``--dtype`` name -> torch dtype."""
 TIMING_NOTE = "model forward passes only (pre- and post-processing excluded), summed over the processes"
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """A dataset preset: where the data lives (``dataset=None``: the user passes ``--dataset``) and the options that
-    describe its data (argparse destinations -> values: split, columns, label conventions, ...)."""
-
-    description: str
-    dataset: str | None
-    config: str | None = None
-    revision: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,10 +53,6 @@ class Reference:
 
     map: np.ndarray
     info: Any = None
-
-
-class InputError(ValueError):
-    """A problem with the command line, the model or the dataset, found before any evaluation work."""
 
 
 class EvaluationTask(abc.ABC):
@@ -123,50 +111,6 @@ class EvaluationTask(abc.ABC):
 # ---------------------------------------------------------------- options
 
 
-def parse_expedite(value: str) -> bool | str | dict[str, Any]:
-    """``--expedite``: ``true`` (the architecture's default preset), a preset name, or a JSON object of settings."""
-    text = value.strip()
-    if text.startswith("{"):
-        try:
-            settings = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise argparse.ArgumentTypeError(f"--expedite is not valid JSON ({error}): {text}") from None
-        if not isinstance(settings, dict):
-            raise argparse.ArgumentTypeError(f"--expedite JSON must be an object of settings, got {text}")
-        return settings
-    if text.lower() == "true":
-        return True
-    if text.lower() == "false":
-        raise argparse.ArgumentTypeError("--expedite false would compare the vanilla model with itself.")
-    return text
-
-
-def _whole_number(value: str, minimum: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < minimum:
-        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
-    return number
-
-
-def positive_int(value: str) -> int:
-    """An argparse type: an integer >= 1."""
-    return _whole_number(value, 1)
-
-
-def non_negative_int(value: str) -> int:
-    """An argparse type: an integer >= 0."""
-    return _whole_number(value, 0)
-
-
-def parse_dtype(value: str) -> torch.dtype:
-    if value not in DTYPES:
-        raise argparse.ArgumentTypeError(f"Unknown dtype {value!r}; choose from {', '.join(DTYPES)}.")
-    return DTYPES[value]
-
-
 def load_json_option(value: str) -> Any:
     """A JSON option given inline, as a local file, or as a hub file ``hf://[datasets/|spaces/]owner/repo/file``."""
     text = value.strip()
@@ -216,92 +160,6 @@ def panoptic_post_processing(
     }
 
 
-def build_parser(description: str, benchmarks: Mapping[str, Benchmark]) -> argparse.ArgumentParser:
-    """A parser with the options every evaluation script shares; the script adds its task's options.
-
-    Options that describe the data default to ``None`` and are filled by :func:`resolve_options`.
-    """
-    default = next(iter(benchmarks))
-    listing = "; ".join(
-        f"{name}: {b.description}" + (f" ({b.dataset})" if b.dataset else " (needs --dataset)")
-        for name, b in benchmarks.items()
-    )
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="model id on the hub or local directory (vanilla or expedited checkpoint)")
-    parser.add_argument("--model-revision", help="model revision (branch, tag or commit)")
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--benchmark",
-        choices=list(benchmarks),
-        help=f"dataset preset (default: {default}, unless --dataset is given). {listing}",
-    )
-    data.add_argument(
-        "--dataset",
-        help="hub dataset id, local folder of data files (e.g. Parquet) or folder written by save_to_disk; "
-        "replaces the benchmark's dataset. Without --benchmark, a custom dataset gets the generic option defaults",
-    )
-    data.add_argument("--dataset-config", help="dataset configuration (for a Parquet export: its sub-directory)")
-    data.add_argument("--revision", help="dataset revision, e.g. refs/convert/parquet")
-    data.add_argument("--split", help="dataset split")
-    data.add_argument("--image-column", help="column holding the input images")
-    data.add_argument("--max-samples", type=positive_int, help="evaluate only the first N samples")
-    data.add_argument(
-        "--check-samples",
-        type=non_negative_int,
-        default=8,
-        help="references checked before any model is loaded (default: 8); later bad samples are skipped and listed",
-    )
-    run = parser.add_argument_group("run")
-    run.add_argument(
-        "--expedite",
-        type=parse_expedite,
-        help="expedited twin: 'true' (the architecture's default preset), a preset name, or a JSON object of "
-        "settings. Default: the saved settings of an expedited checkpoint, else 'true'",
-    )
-    run.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default: 1)")
-    run.add_argument("--dtype", type=parse_dtype, default=torch.float32, help="float32 (default), float16, bfloat16")
-    run.add_argument("--device", help="torch device (default: this process's accelerate device)")
-    run.add_argument(
-        "--warmup", type=non_negative_int, default=1, help="untimed forward passes per model first (default: 1)"
-    )
-    run.add_argument("--output-dir", default="evaluation_results", help="report folder (default: evaluation_results)")
-    saved = run.add_mutually_exclusive_group()
-    saved.add_argument("--overwrite", action="store_true", help="replace an existing report in --output-dir")
-    saved.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted run from the per-image results it left in --output-dir (same model, data and "
-        "settings); only the images not evaluated yet are run",
-    )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def resolve_options(
-    args: argparse.Namespace, benchmarks: Mapping[str, Benchmark], generic: Mapping[str, Any]
-) -> argparse.Namespace:
-    """Fill the options left at ``None``: from the benchmark when the data is the benchmark's (``--benchmark`` given,
-    or no ``--dataset``), else from the ``generic`` defaults. The benchmark's dataset, config and revision apply only
-    without ``--dataset``."""
-    uses_benchmark = args.benchmark is not None or args.dataset is None
-    name = args.benchmark or next(iter(benchmarks))
-    benchmark = benchmarks[name]
-    if args.dataset is None:
-        if benchmark.dataset is None:
-            raise InputError(
-                f"Benchmark {name!r} has no public dataset on the hub: pass --dataset ({benchmark.description})."
-            )
-        args.dataset = benchmark.dataset
-        args.dataset_config = args.dataset_config or benchmark.config
-        args.revision = args.revision or benchmark.revision
-    defaults = {**generic, **(benchmark.options if uses_benchmark else {})}
-    for key, value in defaults.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    args.benchmark = name if uses_benchmark else None
-    return args
-
-
 # ---------------------------------------------------------------- checks and loading
 
 
@@ -336,8 +194,8 @@ def expedited_settings_of(config: PreTrainedConfig) -> dict[str, Any]:
 
 def check_expedite_request(config: PreTrainedConfig, request: Any) -> dict[str, Any]:
     """Validate ``--expedite`` against the config (no weights read); return the settings the twin will have."""
-    from ..conversion import is_expedited
     from .. import expedite_config
+    from ..conversion import is_expedited
 
     if request is None and is_expedited(config):
         return expedited_settings_of(config)
@@ -593,24 +451,6 @@ def gather(results: ShardResults) -> ShardResults:
 # ---------------------------------------------------------------- the whole run
 
 
-class Interrupted(Exception):
-    """Ctrl-C stopped the evaluation; the message says what was kept."""
-
-
-def cli(main: Callable[[], Any]) -> int:
-    """Run a script's ``main``; an :class:`InputError` becomes a one-line message and exit status 2, an interrupted
-    run (its partial report written) exit status 130."""
-    try:
-        main()
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except Interrupted as error:
-        print(f"interrupted: {error}", file=sys.stderr)
-        return 130
-    return 0
-
-
 def run(
     args: argparse.Namespace,
     task_type: type[EvaluationTask],
@@ -637,7 +477,7 @@ def _fingerprint(args: argparse.Namespace, task: EvaluationTask) -> dict[str, An
                 "revision": args.revision,
                 "max_samples": args.max_samples,
                 "expedite": args.expedite,
-                "dtype": str(args.dtype),
+                "dtype": args.dtype,
                 "task": task.metadata(),
             },
             default=str,
@@ -685,7 +525,8 @@ def _run(
     state.wait_for_everyone()
 
     device = torch.device(args.device) if args.device else state.device
-    model = load_model(args.model, auto_class, revision=args.model_revision, dtype=args.dtype, device=device)
+    dtype = DTYPES[args.dtype]
+    model = load_model(args.model, auto_class, revision=args.model_revision, dtype=dtype, device=device)
     vanilla, expedited = model_pair(model, args.expedite)
     indices = [index for index in shard_indices(len(dataset)) if index not in recorded.statistics]
     batches = ImageBatches(
@@ -700,7 +541,7 @@ def _run(
     log = PartialLog(output_dir, stem, state.process_index, fingerprint)
     try:
         local = evaluate_shard(
-            vanilla, expedited, processor, task, batches, device=device, dtype=args.dtype, warmup=args.warmup, log=log
+            vanilla, expedited, processor, task, batches, device=device, dtype=dtype, warmup=args.warmup, log=log
         )
     finally:
         log.close()
@@ -722,7 +563,7 @@ def _run(
         "samples": f"{len(dataset)} ({len(gathered.skipped)} undecodable, {len(gathered.invalid)} invalid references)",
         "expedite": describe_request(config, args.expedite),
         "expedited settings": {name: value for name, value in settings.items() if value is not None},
-        "device / dtype": f"{device.type} / {str(args.dtype).removeprefix('torch.')}",
+        "device / dtype": f"{device.type} / {args.dtype}",
         "batch size / processes": f"{args.batch_size} / {state.num_processes}",
         "timing": TIMING_NOTE,
         **task.metadata(),

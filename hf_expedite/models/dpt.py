@@ -21,7 +21,6 @@ class-name checks see the names :func:`hf_expedite.registry.register_model` ente
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Collection
 from typing import Any
 

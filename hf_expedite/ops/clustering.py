@@ -24,7 +24,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def check_grids(grid: tuple[int, int], cluster_grid: tuple[int, int]) -> None:
