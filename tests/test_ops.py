@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_expedite.ops import TokenReconstruction, cluster_tokens, cluster_tokens_dense, home_cells
-from hf_expedite.ops.reconstruction import knn_weights
+from hf_expedite.ops.reconstruction import knn_reconstruction
 
 # token grid, cluster grid, window: square, non-square, non-divisible, cluster grid with another aspect ratio
 GRIDS = [
@@ -93,27 +93,91 @@ def test_each_batch_item_equals_the_item_alone():
     grid, clusters = (10, 14), (5, 7)
     tokens = _tokens(grid, batch=3)
     batched = cluster_tokens(tokens, grid, clusters, temperature=4.0)
-    weights = TokenReconstruction.from_clustering(tokens, batched, grid, clusters, k=6, temperature=4.0).weights
+    weights = TokenReconstruction.from_clustering(tokens, batched, grid, clusters, k=6, temperature=4.0).dense_weights()
     for item in range(3):
         alone = cluster_tokens(tokens[item : item + 1], grid, clusters, temperature=4.0)
         torch.testing.assert_close(batched[item : item + 1], alone, rtol=0, atol=1e-6)
         alone_weights = TokenReconstruction.from_clustering(
             tokens[item : item + 1], alone, grid, clusters, k=6, temperature=4.0
         )
-        torch.testing.assert_close(weights[item : item + 1], alone_weights.weights, rtol=0, atol=1e-6)
+        torch.testing.assert_close(weights[item : item + 1], alone_weights.dense_weights(), rtol=0, atol=1e-6)
 
 
 def test_knn_weights_keep_ties_and_normalise():
     # row 0: the 2nd and 3rd smallest distances tie, so k=2 keeps three entries (the official ">= k-th" rule)
     distances = torch.tensor([[[0.0, 1.0, 1.0, 5.0], [0.0, 2.0, 4.0, 8.0]]])
-    l1 = knn_weights(distances, k=2, temperature=1.0, normalization="l1")
+    l1 = knn_reconstruction(distances, k=2, temperature=1.0, normalization="l1").dense_weights()
     assert (l1[0, 0] > 0).tolist() == [True, True, True, False]
     assert (l1[0, 1] > 0).tolist() == [True, True, False, False]
     torch.testing.assert_close(l1.sum(-1), torch.ones(1, 2))
     expected = torch.tensor([1.0, torch.exp(torch.tensor(-2.0))])
     torch.testing.assert_close(l1[0, 1, :2], expected / expected.sum())
-    l2 = knn_weights(distances, k=2, temperature=1.0, normalization="l2")
+    l2 = knn_reconstruction(distances, k=2, temperature=1.0, normalization="l2").dense_weights()
     torch.testing.assert_close(l2.square().sum(-1), torch.ones(1, 2))
+
+
+def _official_dense_weights(tokens, centres, k, temperature, normalization):
+    """The dense ``(B, N, M)`` weights written out independently: exact pairwise squared distances, ``exp(-(d - min d)
+    / t)``, every weight whose distance is within the k smallest (ties with the k-th kept), normalised."""
+    distances = (tokens[:, :, None] - centres[:, None]).square().sum(-1)
+    kth = distances.sort(-1).values[..., k - 1 : k]
+    weights = torch.exp(-(distances - distances.amin(-1, keepdim=True)) / temperature) * (distances <= kth)
+    if normalization == "l1":
+        return weights / weights.sum(-1, keepdim=True)
+    return weights / weights.norm(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("normalization", ["l1", "l2"])
+def test_sparse_weights_are_the_dense_ones_ties_included(normalization):
+    """Only the kept weights are stored, (B, N, W); they are the dense form's, including the tokens that keep more
+    than k because identical centres tie with the k-th."""
+    grid, clusters, k = (12, 16), (6, 8), 5
+    tokens = _tokens(grid, channels=24, dtype=torch.float64)
+    centres = cluster_tokens(tokens, grid, clusters, iterations=2, temperature=4.0)
+    centres[0, [3, 9, 17, 40]] = 0.0  # identical centres in item 0 (padding windows): exact ties
+    tokens[0, [5, 77]] = 0.01  # tokens nearest to them: they keep all four ties, more than k - 1 = 4 others
+    reconstruction = TokenReconstruction.from_clustering(
+        tokens, centres, grid, clusters, k=k, temperature=4.0, normalization=normalization
+    )
+    expected = _official_dense_weights(tokens, centres, k, 4.0, normalization)
+    assert reconstruction.weights.shape[:2] == (2, 192) and k < reconstruction.weights.shape[-1] < 4 + k
+    torch.testing.assert_close(reconstruction.dense_weights(), expected, rtol=0, atol=1e-12)
+    assert ((reconstruction.dense_weights()[0, [5, 77]][:, [3, 9, 17, 40]]) > 0).all()
+    # item 1 has no tie: its tokens keep exactly k weights
+    assert ((reconstruction.weights[1] > 0).sum(-1) == k).all()
+
+
+@pytest.mark.parametrize("mode", ["knn", "hard"])
+def test_sparse_application_equals_the_dense_product(mode):
+    """Gather-and-weighted-sum (float32) against the dense (B, N, M) matrix product of the same weights: equal up to
+    the order of the float32 sums (1e-6 on values of order one)."""
+    grid, clusters = (24, 32), (12, 16)
+    tokens = _tokens(grid, channels=32)
+    centres = cluster_tokens(tokens, grid, clusters, temperature=8.0)
+    reconstruction = TokenReconstruction.from_clustering(tokens, centres, grid, clusters, k=20, temperature=8.0,
+                                                         mode=mode)  # fmt: skip
+    assert reconstruction.weights.shape[-1] == (20 if mode == "knn" else 1)
+    reduced = torch.randn(2, 12 * 16, 48, generator=torch.Generator().manual_seed(1))
+    dense = reconstruction.dense_weights() @ reduced
+    torch.testing.assert_close(reconstruction(reduced), dense, rtol=1e-6, atol=1e-6)
+    if mode == "hard":
+        nearest = reconstruction.indices[..., 0]
+        assert torch.equal(reconstruction(reduced), reduced.gather(1, nearest[..., None].expand(-1, -1, 48)))
+
+
+def test_compiled_graphs_get_the_same_weights_in_dense_form(monkeypatch):
+    """Under torch.compile / torch.export (which cannot size a tensor by the data) the weights stay dense; they are
+    the sparse form's (this emulates the tracing context; test_deployment.py compiles and exports for real)."""
+    grid, clusters = (12, 16), (6, 8)
+    tokens = _tokens(grid, channels=24)
+    centres = cluster_tokens(tokens, grid, clusters, temperature=4.0)
+    sparse = TokenReconstruction.from_clustering(tokens, centres, grid, clusters, k=6, temperature=4.0)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    dense = TokenReconstruction.from_clustering(tokens, centres, grid, clusters, k=6, temperature=4.0)
+    assert dense.indices is None and dense.weights.shape == (2, 192, 48)
+    torch.testing.assert_close(dense.weights, sparse.dense_weights(), rtol=1e-6, atol=1e-7)
+    reduced = torch.randn(2, 48, 8, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(dense(reduced), sparse(reduced), rtol=1e-6, atol=1e-6)
 
 
 def test_hard_mode_copies_the_nearest_centre():
@@ -249,7 +313,7 @@ def test_identical_centres_get_identical_weights():
     centres[:, [1, 4, 5, 7]] = 0.0  # identical centres in both items
     tokens[:, [0, 30]] = 0.05  # tokens near them (whose home centres are elsewhere)
     reconstruction = TokenReconstruction.from_clustering(tokens, centres, grid, clusters, k=2, temperature=1e3)
-    weights = reconstruction.weights
+    weights = reconstruction.dense_weights()
     for item in range(2):
         for token in (0, 30):
             kept = weights[item, token, [1, 4, 5, 7]]

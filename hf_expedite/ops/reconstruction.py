@@ -2,7 +2,12 @@
 
 The weights are computed once, at the clustering point, from the N original tokens and the M centres, and are then
 applied to any number of reduced tensors of that forward (the refined clusters after later blocks, or anything derived
-from them token by token):
+from them token by token). Only the few kept weights of each token are stored, ``(B, N, W)`` values with their
+cluster indices, and applied by a gather-and-weighted-sum (``F.embedding_bag``): O(N * W * C) work and O(N * W)
+memory instead of a dense ``(B, N, M)`` matrix product. ``W`` is the largest number of weights any token keeps:
+``k``, or more where distances tie with the k-th (the official rule keeps every tie; no tie is broken), 1 for
+``"hard"``. Under ``torch.compile`` / ``torch.export``, whose graphs cannot depend on ``W``, the weights stay dense
+(``(B, N, M)``, zeros included) and are applied by the matrix product; both forms give the same weights.
 
 * ``"knn"``: ``w_ij = exp(-|z_i - s_j|^2 / temperature)`` kept for the ``k`` largest per token (every weight equal to
   the k-th largest is kept too, the official tie rule), normalised with ``"l1"`` (sum to one, the paper's weighted
@@ -98,42 +103,60 @@ def home_first_distances(
     return distances, distances.scatter(-1, index, direct - rounding)
 
 
-def knn_weights(
+def _check_knn(num_clusters: int, k: int, normalization: str) -> None:
+    if not 1 <= k <= num_clusters:
+        raise ValueError(f"`reconstruction_k` must lie in 1..{num_clusters} (the number of clusters), got {k}.")
+    if normalization not in ("l1", "l2"):
+        raise ValueError(f"`reconstruction_normalization` must be 'l1' or 'l2', got {normalization!r}.")
+
+
+def knn_reconstruction(
     distances: torch.Tensor,
     k: int,
     temperature: float,
     normalization: ReconstructionNormalization,
     key: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Top-k reconstruction weights ``(B, N, M)`` from squared distances ``(B, N, M)``.
+) -> TokenReconstruction:
+    """Top-k reconstruction from squared distances ``(B, N, M)``.
 
     The ``k`` nearest centres by ``key`` (default: the distances) are kept, and every centre whose key equals the k-th
-    one too (the official tie rule).
+    one too (the official tie rule); weights ``exp(-(d - min d) / temperature)``, then normalised.
     """
     num_clusters = distances.shape[-1]
-    if not 1 <= k <= num_clusters:
-        raise ValueError(f"`reconstruction_k` must lie in 1..{num_clusters} (the number of clusters), got {k}.")
-    if normalization not in ("l1", "l2"):
-        raise ValueError(f"`reconstruction_normalization` must be 'l1' or 'l2', got {normalization!r}.")
+    _check_knn(num_clusters, k, normalization)
     key = distances if key is None else key
     kth_nearest = key.topk(k, dim=-1, largest=False).values[..., -1:]
-    weights = torch.exp(-(distances - distances.amin(-1, keepdim=True)) / temperature)
-    weights = weights.masked_fill(key > kth_nearest, 0.0)
+    nearest = distances.amin(-1, keepdim=True)
+    indices = None
+    if not torch.compiler.is_compiling():
+        width = int((key <= kth_nearest).sum(-1).amax())  # k, or more where a distance ties with the k-th
+        indices = key.topk(width, dim=-1, largest=False).indices
+        key, distances = key.gather(-1, indices), distances.gather(-1, indices)
+    weights = torch.exp(-(distances - nearest) / temperature).masked_fill(key > kth_nearest, 0.0)
     if normalization == "l1":
-        return weights / weights.sum(-1, keepdim=True)
-    return F.normalize(weights, p=2.0, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+    else:
+        weights = F.normalize(weights, p=2.0, dim=-1)
+    return TokenReconstruction(weights, indices, num_clusters)
 
 
-def hard_weights(key: torch.Tensor) -> torch.Tensor:
-    """One-hot weights ``(B, N, M)`` on the nearest centre of each token (smallest ``key``)."""
-    return F.one_hot(key.argmin(-1), key.shape[-1]).to(key.dtype)
+def hard_reconstruction(key: torch.Tensor) -> TokenReconstruction:
+    """Weight one on the nearest centre of each token (smallest ``key`` of ``(B, N, M)``)."""
+    nearest = key.argmin(-1, keepdim=True)
+    if torch.compiler.is_compiling():
+        return TokenReconstruction(F.one_hot(nearest[..., 0], key.shape[-1]).to(key.dtype), None, key.shape[-1])
+    return TokenReconstruction(torch.ones_like(nearest, dtype=key.dtype), nearest, key.shape[-1])
 
 
 @dataclass(frozen=True)
 class TokenReconstruction:
     """Reconstruction weights of one forward; call it on ``(B, M, C')`` reduced tokens to get ``(B, N, C')``."""
 
-    weights: torch.Tensor  # (B, N, M), float32 or float64
+    weights: torch.Tensor
+    """``(B, N, W)`` kept weights (float32 or float64); zero where a token keeps fewer than ``W``."""
+    indices: torch.Tensor | None
+    """``(B, N, W)`` the cluster of each weight; ``None``: dense weights, ``W = M``, weight ``j`` on cluster ``j``."""
+    num_clusters: int
 
     PROFILER_SCOPE = "expedite::reconstruction"  # torch.profiler label of every application
 
@@ -157,20 +180,34 @@ class TokenReconstruction:
                 f"Expected {grid[0]}*{grid[1]} tokens and {cluster_grid[0]}*{cluster_grid[1]} centres, got shapes "
                 f"{tuple(tokens.shape)} and {tuple(centres.shape)}."
             )
+        if mode == "knn":
+            _check_knn(centres.shape[1], k, normalization)  # before any distance is computed
         z, shift = centred(tokens)
         home = home_cells(grid, cluster_grid, z.device)
         distances, key = home_first_distances(z, centres.to(z.dtype) - shift, home)
         if mode == "hard":
-            return cls(hard_weights(key))
-        return cls(knn_weights(distances, k, temperature, normalization, key))
+            return hard_reconstruction(key)
+        return knn_reconstruction(distances, k, temperature, normalization, key)
 
-    @property
-    def num_clusters(self) -> int:
-        return self.weights.shape[-1]
+    def dense_weights(self) -> torch.Tensor:
+        """The weights as a dense ``(B, N, M)`` matrix (zeros where not kept)."""
+        if self.indices is None:
+            return self.weights
+        dense = self.weights.new_zeros(*self.weights.shape[:2], self.num_clusters)
+        return dense.scatter_add(-1, self.indices, self.weights)
 
     def __call__(self, reduced: torch.Tensor) -> torch.Tensor:
         if reduced.shape[1] != self.num_clusters:
             raise ValueError(f"Expected {self.num_clusters} reduced tokens, got shape {tuple(reduced.shape)}.")
         with torch.profiler.record_function(self.PROFILER_SCOPE):
             weights = self.weights.to(reduced.device)
-            return (weights @ reduced.to(weights.dtype)).to(reduced.dtype)
+            values = reduced.to(weights.dtype)
+            if self.indices is None:
+                return (weights @ values).to(reduced.dtype)
+            batch, count, width = weights.shape
+            offsets = torch.arange(batch, device=weights.device).view(-1, 1, 1) * self.num_clusters
+            rows = (self.indices.to(weights.device) + offsets).view(-1, width)
+            flat = F.embedding_bag(
+                rows, values.reshape(-1, values.shape[-1]), per_sample_weights=weights.view(-1, width), mode="sum"
+            )
+            return flat.view(batch, count, -1).to(reduced.dtype)
