@@ -6,6 +6,7 @@ expedited one sharing the vanilla one's tensors, and fed the photographs bundled
 
     python scripts/benchmark.py                      # the default cases (ViT-B/16 512, ViT-L/16 640)
     python scripts/benchmark.py --suite paper --throughput-batch 4 --plot speed_vs_fidelity.png
+    python scripts/benchmark.py --suite scaling --plot scaling.png   # ViT-B/16 from 512x512 to 1024x2048
     python scripts/benchmark.py --cases all --json results.json
     python scripts/benchmark.py --list
 """
@@ -73,12 +74,16 @@ def plot_speed_vs_fidelity(results: list[CaseResult], path: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=None, help="case names, or 'all'")
-    parser.add_argument("--suite", choices=("default", "paper"), default="default",
-                        help="'paper': the paper's settings of every architecture (ignored with --cases)")
+    parser.add_argument("--suite", choices=("default", "paper", "scaling"), default="default",
+                        help="'paper': the paper's settings of every architecture; 'scaling': ViT-B/16 from 512x512 "
+                        "to 1024x2048 with M = N / 4 (ignored with --cases)")
     parser.add_argument(
         "--throughput-batch", type=positive_int, default=None, help="also measure images/s at this batch"
     )
-    parser.add_argument("--plot", help="write a speed-vs-fidelity chart (PNG) to this path")
+    parser.add_argument(
+        "--plot", help="write a chart (PNG) to this path: speed-up and ratio to ideal per case for --suite scaling, "
+        "else speed vs fidelity"
+    )
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed forwards per model (alternated)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds before timing")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
@@ -88,6 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plot_scaling(results: list[CaseResult], path: str) -> None:
+    """Speed-up, ideal speed-up and ratio to ideal per case (in the suite's order of growing resolution)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (speed, ratio) = plt.subplots(1, 2, figsize=(10, 4))
+    names = [r.name for r in results]
+    speed.plot(names, [r.speedup for r in results], marker="o", label="expedited")
+    speed.plot(names, [r.vanilla_ms / r.ideal_ms for r in results], marker="s", linestyle="--", label="ideal (limit)")
+    speed.set_ylabel("speed-up over vanilla")
+    speed.legend()
+    ratio.plot(names, [r.ratio_to_ideal for r in results], marker="o")
+    ratio.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ratio.set_ylabel("expedited speed-up / ideal speed-up")
+    for axes in (speed, ratio):
+        axes.tick_params(axis="x", labelrotation=20, labelsize=8)
+    figure.suptitle("Expedite vs resolution (median latency ratios, same process, alternated)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=150)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # before the heavy imports: --help and a bad option answer at once
@@ -95,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from hf_expedite.benchmark.measure import run_case
-    from hf_expedite.benchmark.registry import all_cases, paper_cases
+    from hf_expedite.benchmark.registry import all_cases, suite_cases
 
     cases = all_cases()
     if args.list:
@@ -105,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cases:
         names = list(cases) if args.cases == ["all"] else args.cases
     else:
-        names = paper_cases() if args.suite == "paper" else list(DEFAULT_CASES)
+        names = list(DEFAULT_CASES) if args.suite == "default" else suite_cases(args.suite)
     unknown = [name for name in names if name not in cases]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; available: {', '.join(cases)}")
@@ -127,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(results))
     print("\nFLOPs: torch.utils.flop_counter, 2 per multiply-add (the paper's GFLOPs are multiply-adds: halve ours).")
     if args.plot:
-        plot_speed_vs_fidelity(results, args.plot)
+        plot = plot_scaling if args.suite == "scaling" and not args.cases else plot_speed_vs_fidelity
+        plot(results, args.plot)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump([r.as_dict() for r in results], handle, indent=2)

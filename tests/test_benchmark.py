@@ -10,7 +10,7 @@ import torch
 from hf_expedite.benchmark.cases_vit import vit_case
 from hf_expedite.benchmark.ideal import IdealModel
 from hf_expedite.benchmark.measure import count_flops, run_case
-from hf_expedite.benchmark.registry import all_cases, paper_cases
+from hf_expedite.benchmark.registry import all_cases, suite_cases
 
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, patch_size=8)
 
@@ -78,10 +78,25 @@ def test_report_table_plot_and_case_registry(case, tmp_path):
     assert "| tiny |" in table and f"{result.flops_ratio:.3f}" in table
     script.plot_speed_vs_fidelity([result], str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 1000
+    script.plot_scaling([result, result], str(tmp_path / "scaling.png"))
+    assert (tmp_path / "scaling.png").stat().st_size > 1000
     json.dumps(result.as_dict())
     assert {"vit-b16-512", "vit-l16-640-ade20k"} <= set(all_cases())
-    assert set(paper_cases()) <= set(all_cases())
+    assert set(suite_cases("paper")) <= set(all_cases()) and set(suite_cases("scaling")) <= set(all_cases())
     assert script.main(["--list"]) == 0
+
+
+def test_non_square_cases_and_overhead_replayed_on_its_own():
+    """A (height, width) case runs with its own cluster grid; clustering and reconstruction are replayed alone on the
+    inputs one forward gave them (every reconstruction application counted)."""
+    from hf_expedite.benchmark.measure import expedite_overhead
+
+    settings = {"clustering_location": 1, "num_clusters": [2, 4], "reconstruction_k": 4}
+    wide = vit_case("wide", TINY, (32, 64), settings, "tiny ViT, 4x8 tokens -> 2x4")
+    with torch.no_grad():
+        assert wide.expedited(**wide.inputs)[0].shape == wide.vanilla(**wide.inputs)[0].shape == (1, 33, 32)
+    overhead = expedite_overhead(wide.expedited, wide.inputs, repeats=2)
+    assert overhead["clustering"] > 0 and overhead["reconstruction"] > 0
 
 
 def test_every_bundled_photograph_loads():

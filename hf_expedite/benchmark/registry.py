@@ -1,5 +1,5 @@
 """All benchmark cases: every ``cases_<family>.py`` module of this package contributes its ``CASES`` (and may name
-the ones that reproduce the paper in ``PAPER_CASES``)."""
+the ones that reproduce the paper in ``PAPER_CASES``, and a resolution sweep in ``SCALING_CASES``)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def all_cases() -> dict[str, Callable[[], BenchmarkCase]]:
     return cases
 
 
-def paper_cases() -> list[str]:
-    """The cases that reproduce the paper's settings (each module's ``PAPER_CASES``), family by family."""
-    return [name for module in _case_modules() for name in getattr(module, "PAPER_CASES", ())]
+def suite_cases(suite: str) -> list[str]:
+    """The cases of a suite, family by family: ``"paper"`` (each module's ``PAPER_CASES``: the paper's settings) or
+    ``"scaling"`` (``SCALING_CASES``: one architecture at growing resolutions)."""
+    attribute = {"paper": "PAPER_CASES", "scaling": "SCALING_CASES"}[suite]
+    return [name for module in _case_modules() for name in getattr(module, attribute, ())]
