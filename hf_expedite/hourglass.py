@@ -51,5 +51,6 @@ def _cluster(
         temperature=config.reconstruction_temperature,
         normalization=config.reconstruction_normalization,
         mode=config.reconstruction_mode,
+        residual=config.reconstruction_residual,
     )
     return centres, reconstruction

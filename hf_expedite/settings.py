@@ -52,6 +52,7 @@ class ExpediteSettings(LoadsVanillaConfigs):
     reconstruction_temperature: float | int | None = None
     reconstruction_normalization: str = "l1"
     reconstruction_mode: str = "knn"
+    reconstruction_residual: bool = False
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
@@ -160,8 +161,9 @@ def _check_int(config: ExpediteSettings, name: str, low: int, high: int | None =
 
 
 def validate_flags(config: ExpediteSettings) -> None:
-    """Raise a ``ValueError`` unless ``expedite`` (and Swin's ``official_shift_mask``) are bools: ``"false"`` is not."""
-    for name in ("expedite", "official_shift_mask"):
+    """Raise a ``ValueError`` unless ``expedite``, ``reconstruction_residual`` (and Swin's ``official_shift_mask``)
+    are bools: ``"false"`` is not."""
+    for name in ("expedite", "reconstruction_residual", "official_shift_mask"):
         if hasattr(config, name) and not isinstance(getattr(config, name), bool):
             _fail(name, getattr(config, name), "must be true or false (a bool, not a string or a number)")
 

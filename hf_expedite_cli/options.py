@@ -28,6 +28,7 @@ SETTING_FLAGS = (
     "reconstruction_temperature",
     "reconstruction_normalization",
     "reconstruction_mode",
+    "reconstruction_residual",
     "clustered_window_size",
     "official_shift_mask",
 )

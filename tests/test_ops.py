@@ -180,6 +180,28 @@ def test_compiled_graphs_get_the_same_weights_in_dense_form(monkeypatch):
     torch.testing.assert_close(dense(reduced), sparse(reduced), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["knn", "hard"])
+def test_residual_reconstruction_keeps_the_detail(mode):
+    """With ``residual``, reconstructing the centres themselves gives the tokens back (the detail is what the centres
+    miss), later reduced tensors get the same detail, and the identity grid stays exact."""
+    grid, clusters = (12, 16), (6, 8)
+    tokens = _tokens(grid, channels=24, dtype=torch.float64) * 2 + 1
+    centres = cluster_tokens(tokens, grid, clusters, temperature=4.0)
+    plain = TokenReconstruction.from_clustering(tokens, centres, grid, clusters, k=6, temperature=4.0, mode=mode)
+    residual = TokenReconstruction.from_clustering(tokens, centres, grid, clusters, k=6, temperature=4.0, mode=mode,
+                                                   residual=True)  # fmt: skip
+    torch.testing.assert_close(residual(centres), tokens, rtol=0, atol=1e-12)
+    assert (plain(centres) - tokens).abs().max() > 0.1  # what the clusters alone lose
+    update = torch.randn(2, 48, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(residual(centres + update), tokens + plain(update), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="clustered tokens' width 24"):
+        residual(update[..., :8])
+    exact = TokenReconstruction.from_clustering(tokens.float(), tokens.float(), grid, grid, k=1, temperature=0.01,
+                                                mode=mode, residual=True)  # fmt: skip
+    assert torch.equal(exact.detail, torch.zeros_like(exact.detail))
+    assert torch.equal(exact(tokens.float() * 3), tokens.float() * 3)
+
+
 def test_hard_mode_copies_the_nearest_centre():
     tokens = torch.tensor([[[0.0, 0.0], [0.9, 1.0], [5.0, 5.0]]])
     centres = torch.tensor([[[1.0, 1.0], [5.0, 4.0]]])

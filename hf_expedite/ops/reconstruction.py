@@ -14,6 +14,12 @@ memory instead of a dense ``(B, N, M)`` matrix product. ``W`` is the largest num
   average) or ``"l2"`` (unit Euclidean norm, what ``F.normalize`` does in the official code);
 * ``"hard"``: copy the nearest centre (global argmin), what the official DPT code runs.
 
+``residual=True`` (not in the paper) also keeps what the clusters could not represent at the clustering point, the
+detail ``z_i - sum_j w_ij s_j`` of every token, and adds it to each reconstruction: ``x_i = sum_j w_ij r_j + z_i -
+sum_j w_ij s_j``. Blocks update tokens through residual connections, so the cluster tokens carry the update of the
+blocks in between and the full-resolution detail comes back instead of being averaged away (fidelity per FLOP:
+README, "Beyond the paper"). It applies to reduced tensors of the clustered tokens' width (hidden states).
+
 The exponent is shifted by each row's smallest distance, so no row can underflow to all zeros (the official code
 then outputs a zero token). The normalised weights are the official ones wherever those do not underflow in float32
 and (L2) their norm is at least ``F.normalize``'s 1e-12 floor.
@@ -28,7 +34,7 @@ instruction set or thread count: near-identical or duplicated patches cannot swa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -157,6 +163,8 @@ class TokenReconstruction:
     indices: torch.Tensor | None
     """``(B, N, W)`` the cluster of each weight; ``None``: dense weights, ``W = M``, weight ``j`` on cluster ``j``."""
     num_clusters: int
+    detail: torch.Tensor | None = None
+    """``(B, N, C)`` the tokens minus their reconstruction from the centres, added back (``residual=True``)."""
 
     PROFILER_SCOPE = "expedite::reconstruction"  # torch.profiler label of every application
 
@@ -171,8 +179,10 @@ class TokenReconstruction:
         temperature: float = 1.0,
         normalization: ReconstructionNormalization = "l1",
         mode: ReconstructionMode = "knn",
+        residual: bool = False,
     ) -> TokenReconstruction:
-        """Weights from the ``(B, N, C)`` tokens on ``grid`` and the ``(B, M, C)`` centres on ``cluster_grid``."""
+        """Weights from the ``(B, N, C)`` tokens on ``grid`` and the ``(B, M, C)`` centres on ``cluster_grid``; with
+        ``residual``, the detail the centres do not represent is kept and added to every reconstruction."""
         if mode not in ("knn", "hard"):
             raise ValueError(f"`reconstruction_mode` must be 'knn' or 'hard', got {mode!r}.")
         if tokens.shape[1] != grid[0] * grid[1] or centres.shape[1] != cluster_grid[0] * cluster_grid[1]:
@@ -186,8 +196,13 @@ class TokenReconstruction:
         home = home_cells(grid, cluster_grid, z.device)
         distances, key = home_first_distances(z, centres.to(z.dtype) - shift, home)
         if mode == "hard":
-            return hard_reconstruction(key)
-        return knn_reconstruction(distances, k, temperature, normalization, key)
+            reconstruction = hard_reconstruction(key)
+        else:
+            reconstruction = knn_reconstruction(distances, k, temperature, normalization, key)
+        if not residual:
+            return reconstruction
+        detail = tokens.to(reconstruction.weights.dtype) - reconstruction(centres.to(reconstruction.weights.dtype))
+        return replace(reconstruction, detail=detail)
 
     def dense_weights(self) -> torch.Tensor:
         """The weights as a dense ``(B, N, M)`` matrix (zeros where not kept)."""
@@ -199,15 +214,24 @@ class TokenReconstruction:
     def __call__(self, reduced: torch.Tensor) -> torch.Tensor:
         if reduced.shape[1] != self.num_clusters:
             raise ValueError(f"Expected {self.num_clusters} reduced tokens, got shape {tuple(reduced.shape)}.")
+        if self.detail is not None and reduced.shape[-1] != self.detail.shape[-1]:
+            raise ValueError(
+                f"A residual reconstruction applies to tensors of the clustered tokens' width {self.detail.shape[-1]}, "
+                f"got shape {tuple(reduced.shape)}."
+            )
         with torch.profiler.record_function(self.PROFILER_SCOPE):
             weights = self.weights.to(reduced.device)
             values = reduced.to(weights.dtype)
             if self.indices is None:
-                return (weights @ values).to(reduced.dtype)
-            batch, count, width = weights.shape
-            offsets = torch.arange(batch, device=weights.device).view(-1, 1, 1) * self.num_clusters
-            rows = (self.indices.to(weights.device) + offsets).view(-1, width)
-            flat = F.embedding_bag(
-                rows, values.reshape(-1, values.shape[-1]), per_sample_weights=weights.view(-1, width), mode="sum"
-            )
-            return flat.view(batch, count, -1).to(reduced.dtype)
+                full = weights @ values
+            else:
+                batch, count, width = weights.shape
+                offsets = torch.arange(batch, device=weights.device).view(-1, 1, 1) * self.num_clusters
+                rows = (self.indices.to(weights.device) + offsets).view(-1, width)
+                flat = F.embedding_bag(
+                    rows, values.reshape(-1, values.shape[-1]), per_sample_weights=weights.view(-1, width), mode="sum"
+                )
+                full = flat.view(batch, count, -1)
+            if self.detail is not None:
+                full = full + self.detail.to(full.device)
+            return full.to(reduced.dtype)
