@@ -20,11 +20,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import transformers
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig, AutoImageProcessor, PreTrainedConfig
 
 from .compat import resolve_revision
 from .conversion import apply_request, parse_request, pop_settings, vanilla_class
+from .conversion import expedite as expedite_model
 
 # The kwargs transformers' auto_factory sends to both the config and the weights download.
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
@@ -97,7 +99,11 @@ def expedited_from_pretrained(
     """``from_pretrained`` (a transformers Auto class's, bound) with the ``expedite`` switch and setting kwargs.
 
     The request is validated first, then the config is loaded and converted, and only then are weights read.
+    ``expedite="auto"`` loads the vanilla model and calibrates it (:func:`hf_expedite.expedite`), with the checkpoint's
+    image processor unless ``image_processor=`` is given.
     """
+    if expedite == "auto":
+        return _auto_from_pretrained(from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
     request = parse_request(expedite, pop_settings(kwargs))
     if request is None:
         return from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
@@ -106,6 +112,31 @@ def expedited_from_pretrained(
         config = _load_config(pretrained_model_name_or_path, kwargs)
     config = apply_request(config, request)
     return from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+
+def _auto_from_pretrained(
+    from_pretrained: Callable[..., Any], pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any
+) -> Any:
+    from .calibration import AUTO_OPTIONS, flops_budget
+
+    options = {name: kwargs.pop(name) for name in AUTO_OPTIONS if name in kwargs}
+    flops_budget(options.get("target_speedup"), options.get("target_flops_ratio"))  # before any weight is read
+    settings = pop_settings(kwargs)
+    if settings:
+        raise ValueError(f"expedite='auto' chooses the settings itself; drop {sorted(settings)} or pass a dict.")
+    images = options.get("calibration_images")
+    if options.get("image_processor") is None and not (images and all(isinstance(i, torch.Tensor) for i in images)):
+        hub = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
+        try:
+            options["image_processor"] = AutoImageProcessor.from_pretrained(pretrained_model_name_or_path, **hub)
+        except OSError as error:
+            raise ValueError(
+                f"expedite='auto' calibrates on images, and {pretrained_model_name_or_path} has no image processor to "
+                "prepare them: pass image_processor=..., or calibration_images=[pixel tensors]."
+            ) from error
+    model = expedited_from_pretrained(from_pretrained, pretrained_model_name_or_path, *model_args, expedite=False,
+                                      **kwargs)  # fmt: skip
+    return expedite_model(model, "auto", **options)
 
 
 def expedited_from_config(

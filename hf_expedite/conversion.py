@@ -179,6 +179,12 @@ def parse_request(expedite: Any = None, settings: Mapping[str, Any] | None = Non
         return ExpediteRequest(False)
     if expedite is True:
         return ExpediteRequest(True, settings=settings)
+    if expedite == "auto":
+        raise ValueError(
+            "expedite='auto' chooses the settings by running the model on calibration images: use "
+            "hf_expedite.expedite(model, 'auto', target_speedup=...) or AutoModel...from_pretrained(repo, "
+            "expedite='auto', target_speedup=...)."
+        )
     if isinstance(expedite, str):
         known = {name for presets in PRESETS.values() for name in presets}
         if expedite not in known:
@@ -314,6 +320,27 @@ def _counterpart(model: torch.nn.Module, config: PreTrainedConfig) -> type:
     raise ValueError(f"hf_expedite has no expedited counterpart of {cls.__name__} for {type(config).__name__}.")
 
 
+def _calibrated(model: PreTrainedModel, options: dict[str, Any]) -> PreTrainedModel:
+    """``expedite(model, "auto", **options)``: calibrate, then expedite with the chosen settings."""
+    from .calibration import AUTO_OPTIONS, calibrate
+
+    unknown = sorted(set(options) - set(AUTO_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"expedite='auto' chooses the settings itself and takes {', '.join(AUTO_OPTIONS)}; got {unknown}."
+        )
+    calibration = calibrate(
+        model,
+        target_speedup=options.get("target_speedup"),
+        target_flops_ratio=options.get("target_flops_ratio"),
+        images=options.get("calibration_images"),
+        image_processor=options.get("image_processor"),
+    )
+    twin = expedite(model, calibration.settings)
+    twin.expedite_calibration = calibration
+    return twin
+
+
 def _match_optional_parts(source: torch.nn.Module, target: torch.nn.Module) -> None:
     """Drop from ``target`` the submodules and parameters that ``source`` holds as ``None`` and take the optional
     parameters ``target`` lacks from ``source``: what ``__init__`` flags such as ``add_pooling_layer=False`` or
@@ -338,12 +365,18 @@ def expedite(model: torch.nn.Module, expedite: Any = True, **settings: Any) -> t
     shared. Train/eval mode is kept per module. ``model`` itself is not changed; use one of the two at a time if you
     change the weights. Returns ``model`` when nothing is requested. Hooks that accelerate installed for a
     ``device_map`` dispatch are not carried over: load such models with ``from_pretrained(..., expedite=...)``.
+
+    ``expedite="auto"`` chooses the settings for a budget, ``target_speedup=`` or ``target_flops_ratio=``, on
+    ``calibration_images=`` (default: the bundled photographs, through ``image_processor=``) with
+    :func:`hf_expedite.calibration.calibrate`; the returned model's ``expedite_calibration`` says what was chosen.
     """
     if not isinstance(model, PreTrainedModel):
         raise TypeError(
             f"hf_expedite.expedite expects a transformers model (a PreTrainedModel such as ViTModel or "
             f"DPTForDepthEstimation), got {type(model).__name__}: not a transformers model."
         )
+    if expedite == "auto":
+        return _calibrated(model, settings)
     request = parse_request(expedite, settings)
     if request is None:
         return model
