@@ -184,6 +184,29 @@ class _Probe:
         return self.cluster(tokens, grid, clusters, config)
 
 
+def feature_scale(
+    model: torch.nn.Module, settings: Mapping[str, Any], inputs: Sequence[Mapping[str, torch.Tensor]]
+) -> float | None:
+    """The feature scale at the clustering point of ``settings``: the median over ``inputs`` of the median squared
+    distance between neighbouring tokens (``None`` when the tokens are constant)."""
+    probe = _Probe()
+    with mock.patch.object(hourglass, "_cluster", probe), torch.inference_mode():
+        expedited = expedite(model, dict(settings))
+        for batch in inputs:
+            expedited(**batch)
+    scales = sorted(scale for scale in probe.scales if math.isfinite(scale) and scale > 0)
+    return scales[len(scales) // 2] if scales else None
+
+
+def scaled_temperatures(scale: float, factor: float = 1.0) -> dict[str, float]:
+    """Clustering temperature ``factor * scale`` and reconstruction temperature ``RECONSTRUCTION_FACTOR * scale``
+    (3 significant digits, inside the valid range)."""
+    return {
+        "clustering_temperature": _temperature(factor * scale),
+        "reconstruction_temperature": _temperature(RECONSTRUCTION_FACTOR * scale),
+    }
+
+
 class _Calibrator:
     def __init__(self, model: torch.nn.Module, inputs: list[dict[str, torch.Tensor]], budget: float, progress: Any):
         self.model, self.inputs, self.budget, self.progress = model, inputs, budget, progress
@@ -199,7 +222,12 @@ class _Calibrator:
         return count_flops(model, self.inputs[0])
 
     def flops_ratio(self, settings: Mapping[str, Any]) -> float:
-        ratio = self.flops(expedite(self.model, dict(settings))) / self.vanilla_flops
+        """The FLOPs ratio of ``settings``; infinite when they cannot run on these inputs (e.g. a Swin stage map
+        smaller than one window), which counts as over the budget."""
+        try:
+            ratio = self.flops(expedite(self.model, dict(settings))) / self.vanilla_flops
+        except ValueError:
+            return math.inf
         self.cheapest = min(self.cheapest, ratio)
         return ratio
 
@@ -217,13 +245,9 @@ class _Calibrator:
         return best
 
     def feature_scale(self, settings: Mapping[str, Any]) -> float | None:
-        probe = _Probe()
-        with mock.patch.object(hourglass, "_cluster", probe), torch.inference_mode():
-            for batch in self.inputs:
-                expedite(self.model, dict(settings))(**batch)
+        scale = feature_scale(self.model, settings, self.inputs)
         self.progress.update()
-        scales = [scale for scale in probe.scales if math.isfinite(scale) and scale > 0]
-        return sorted(scales)[len(scales) // 2] if scales else None
+        return scale
 
     def difference(self, settings: Mapping[str, Any]) -> float:
         model = expedite(self.model, dict(settings))
@@ -267,13 +291,15 @@ def calibrate(
                 continue
             location, ratio = found
             placed = {"clustering_location": location, **grid}
-            scale = calibrator.feature_scale(placed)
-            for factor in CLUSTERING_FACTORS if scale is not None else (None,):
-                settings = dict(placed, reconstruction_residual=True)
-                if factor is not None:
-                    settings["clustering_temperature"] = _temperature(factor * scale)
-                    settings["reconstruction_temperature"] = _temperature(RECONSTRUCTION_FACTOR * scale)
-                candidates.append(Candidate(settings, ratio, calibrator.difference(settings)))
+            try:  # another calibration image may be too small for these settings: then they are not a candidate
+                scale = calibrator.feature_scale(placed)
+                for factor in CLUSTERING_FACTORS if scale is not None else (None,):
+                    settings = dict(placed, reconstruction_residual=True)
+                    if factor is not None:
+                        settings.update(scaled_temperatures(scale, factor))
+                    candidates.append(Candidate(settings, ratio, calibrator.difference(settings)))
+            except ValueError as error:
+                logger.info("expedite='auto': %s skipped (%s)", placed, error)
     if not candidates:
         raise ValueError(
             f"No Expedite setting of {type(model).__name__} fits a FLOPs ratio of {budget:.3f} on these inputs: the "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -196,3 +197,48 @@ def fidelity_report(
     to the vanilla config's; ``post_processing`` as for :func:`predict`."""
     reports = fidelity_reports(vanilla, {"expedited": expedited}, processor, images, task, num_labels, post_processing)
     return reports["expedited"]
+
+
+def _as_map(prediction: Any, task: Task) -> np.ndarray:
+    """A 2-D map to show: depth as is, labels as is, panoptic predictions as their class maps."""
+    if task == "panoptic":
+        return panoptic_classes(*prediction)
+    return np.asarray(prediction)
+
+
+def side_by_side(image: Image.Image, vanilla: Any, expedited: Any, task: Task, path: str | Path) -> None:
+    """Write one PNG: the input, the vanilla and the expedited prediction (same colour scale), and where they
+    differ (absolute depth difference; for labels and classes, the pixels whose label changed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _check_task(task)
+    reference, output = _as_map(vanilla, task), _as_map(expedited, task)
+    figure, axes = plt.subplots(1, 4, figsize=(16, 4.2))
+    axes[0].imshow(image)
+    axes[0].set_title("input")
+    if task == "depth":
+        low, high = float(np.min(reference)), float(np.max(reference))
+        options = {"cmap": "magma", "vmin": low, "vmax": high}
+        difference = np.abs(output - reference)
+        title = f"|expedited - vanilla| (max {difference.max():.3g})"
+        shown = axes[3].imshow(difference, cmap="viridis")
+    else:
+        labels = max(int(reference.max()), int(output.max()), 1)
+        options = {"cmap": "tab20", "vmin": -1, "vmax": labels, "interpolation": "nearest"}
+        difference = reference != output
+        title = f"label changed ({difference.mean():.1%} of pixels)"
+        shown = axes[3].imshow(difference, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes[1].imshow(reference, **options)
+    axes[1].set_title("vanilla")
+    axes[2].imshow(output, **options)
+    axes[2].set_title("expedited")
+    axes[3].set_title(title)
+    figure.colorbar(shown, ax=axes[3], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

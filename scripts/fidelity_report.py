@@ -6,6 +6,7 @@
     python scripts/fidelity_report.py facebook/mask2former-swin-large-coco-panoptic --all-presets
     python scripts/fidelity_report.py MODEL --expedite default --expedite '{"cluster_ratio": 0.5}' \\
         --expedite '{"cluster_ratio": 0.8, "clustering_location": 4}' --output-dir fidelity
+    python scripts/fidelity_report.py MODEL --calibrate --target-speedup 1.5 --images photos/ --output-dir fidelity
 
 The vanilla model's prediction is the reference. Depth: Pearson correlation and relative L1 difference
 (mean |expedited - vanilla| / mean |vanilla|) of the depth maps. Semantic segmentation: share of pixels with the
@@ -17,7 +18,11 @@ several times, or --all-presets) shows the speed / fidelity trade-off before any
 The task follows the checkpoint (depth models: depth; DPT segmentation: semantic; Mask2Former: panoptic, or
 --task semantic). Images: files and folders (their image files, not recursive); without --images, the photographs
 bundled with scikit-image. Unreadable files are skipped with a warning. Prints a markdown table; --output-dir also
-writes fidelity.md and fidelity.json (per-image values included).
+writes fidelity.md and fidelity.json (per-image values included) and, per setting and image, a picture
+pictures/<row>-<setting>/<image>.png: input, vanilla, expedited and where they differ.
+
+--calibrate chooses the settings for a budget (expedite="auto": --target-speedup, read as a FLOPs ratio of its
+inverse, or --target-flops-ratio) on the same images, prints what it chose and compares it like the other rows.
 """
 
 from __future__ import annotations
@@ -114,7 +119,7 @@ def setting_requests(args: argparse.Namespace, config: Any) -> tuple[dict[str, A
                 requests[name] = name
             except ValueError as error:
                 skipped[name] = str(error)
-    if not requests and not skipped:
+    if not requests and not skipped and not args.calibrate:
         requests = {"saved settings" if is_expedited(config) else "default preset": None}
     return requests, skipped
 
@@ -158,6 +163,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "saved settings of an expedited checkpoint, else the architecture's default preset)",
     )
     parser.add_argument("--all-presets", action="store_true", help="also compare every preset of the architecture")
+    calibration = parser.add_argument_group("calibration (expedite='auto')")
+    calibration.add_argument("--calibrate", action="store_true", help="choose the settings for a budget on the images")
+    calibration.add_argument("--target-speedup", type=float, help="budget: FLOPs ratio 1 / this (e.g. 1.5)")
+    calibration.add_argument("--target-flops-ratio", type=float, help="budget: expedited / vanilla FLOPs (e.g. 0.65)")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="model dtype (default: float32)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--output-dir", help="also write fidelity.md and fidelity.json here")
@@ -167,7 +176,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     panoptic.add_argument("--mask-threshold", type=float, default=0.5, help="mask binarisation (default: 0.5)")
     panoptic.add_argument("--overlap-threshold", type=float, default=0.8, help="overlap area threshold (default: 0.8)")
     panoptic.add_argument("--thing-ids", help="label ids of thing classes (the others are fused), e.g. 0-79")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    targets = [name for name in ("target_speedup", "target_flops_ratio") if getattr(args, name) is not None]
+    if args.calibrate and len(targets) != 1:
+        parser.error("--calibrate needs exactly one of --target-speedup and --target-flops-ratio")
+    if targets and not args.calibrate:
+        parser.error(f"--{targets[0].replace('_', '-')} is the budget of --calibrate: add --calibrate")
+    if args.target_speedup is not None and not args.target_speedup > 1:
+        parser.error(f"--target-speedup must be above 1, got {args.target_speedup}")
+    if args.target_flops_ratio is not None and not 0 < args.target_flops_ratio < 1:
+        parser.error(f"--target-flops-ratio must lie strictly between 0 and 1, got {args.target_flops_ratio}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -178,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from hf_expedite.evaluation.report import prepare_output_dir, to_jsonable
     from hf_expedite.evaluation.runner import DTYPES, load_model, model_pair, panoptic_post_processing, parse_ids
-    from hf_expedite.fidelity import FidelityReport, compare_predictions, timed_predictions
+    import hf_expedite
+    from hf_expedite.fidelity import FidelityReport, compare_predictions, side_by_side, timed_predictions
 
     try:
         if args.output_dir:
@@ -205,15 +225,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     pictures = [image for _, image in images]
     references, vanilla_seconds = timed_predictions(vanilla, processor, pictures, task, post_processing)
     reports: dict[str, FidelityReport | str] = {}
-    for name, request in requests.items():
+    predictions: dict[str, list[Any]] = {}
+    models = {name: (lambda request=request: model_pair(model, request)[1]) for name, request in requests.items()}
+    if args.calibrate:
+        calibrated = hf_expedite.expedite(
+            vanilla, "auto", target_speedup=args.target_speedup, target_flops_ratio=args.target_flops_ratio,
+            calibration_images=pictures, image_processor=processor,
+        )  # fmt: skip
+        calibration = calibrated.expedite_calibration
+        print(calibration.summary())
+        models = {"auto": lambda: calibrated, **models}
+    for name, build in models.items():
         try:
-            expedited = model_pair(model, request)[1]
+            expedited = build()
             outputs, seconds = timed_predictions(expedited, processor, pictures, task, post_processing)
         except ValueError as error:  # e.g. a preset's fixed cluster grid larger than these images' token grid
             reports[name] = f"{type(error).__name__}: {error}"
             continue
         per_image, summary = compare_predictions(vanilla, references, outputs, task)
         reports[name] = FidelityReport(task, per_image, summary, vanilla_seconds, seconds)
+        predictions[name] = outputs
     reports.update({name: f"not applicable: {reason}" for name, reason in not_applicable.items()})
     table = markdown_table(reports, task)
     print(table)
@@ -232,7 +263,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "fidelity.md").write_text(table, encoding="utf-8")
         document = {"model": args.model, "task": task, "images": [n for n, _ in images], "settings": payload}
+        if args.calibrate:
+            document["calibration"] = {"settings": calibration.settings, "flops_ratio": calibration.flops_ratio,
+                                       "relative_difference": calibration.difference}  # fmt: skip
         (out / "fidelity.json").write_text(json.dumps(to_jsonable(document), indent=2) + "\n", encoding="utf-8")
+        for row, (name, outputs) in enumerate(predictions.items()):  # folders in the table's row order
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
+            folder = out / "pictures" / f"{row:02d}-{safe}"[:48]
+            folder.mkdir(parents=True, exist_ok=True)
+            for index, ((image_name, image), reference, output) in enumerate(zip(images, references, outputs)):
+                side_by_side(image, reference, output, task, folder / f"{index:03d}_{Path(image_name).stem[:40]}.png")
+    if args.calibrate and isinstance(payload.get("auto"), dict):
+        payload["auto"]["calibration"] = calibration.settings
     return payload
 
 

@@ -240,3 +240,25 @@ def test_fidelity_script_sweep(models, tmp_path, capsys):
     assert "| setting | depth_correlation | depth_relative_difference |" in table and "| default |" in table
     assert (out / "fidelity.md").read_text() == table.strip("\n") + "\n"
     assert json.loads((out / "fidelity.json").read_text())["task"] == "depth"
+    pictures = sorted(p.relative_to(out).as_posix() for p in (out / "pictures").rglob("*.png"))
+    assert [p for p in pictures if "-default/" in p] == ["pictures/02-default/000_astronaut.png",
+                                                         "pictures/02-default/001_coffee.png"]  # fmt: skip
+    assert len(pictures) == 2 * sum(isinstance(row, dict) for row in payload.values())
+
+
+@pytest.mark.parametrize("task", ["depth", "panoptic"])
+def test_fidelity_script_calibrates_for_a_budget(models, tmp_path, capsys, task):
+    """--calibrate: expedite='auto' on the given images, reported and compared like any row, with pictures."""
+    out = tmp_path / "out"
+    budget = "0.99" if task == "depth" else "0.95"  # the tiny models' heads weigh more than their encoders
+    payload = _fidelity_script().main([
+        str(models[task]), "--calibrate", "--target-flops-ratio", budget, "--max-images", "2", "--output-dir", str(out),
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "expedite='auto' chose clustering_location=" in printed and "| auto |" in printed
+    assert list(payload) == ["auto"] and payload["auto"]["calibration"]["reconstruction_residual"] is True
+    document = json.loads((out / "fidelity.json").read_text())
+    assert document["calibration"]["flops_ratio"] <= float(budget)
+    assert len(list((out / "pictures" / "00-auto").glob("*.png"))) == 2
+    with pytest.raises(SystemExit):
+        _fidelity_script().main([str(models[task]), "--calibrate"])  # no budget
