@@ -164,7 +164,7 @@ def _shadow(name: str) -> type:
         return expedited_from_config(transformers_method(parent, "from_config"), config, expedite=expedite, **kwargs)
 
     from_pretrained.__doc__ = (
-        f"`transformers.{name}.from_pretrained` plus `expedite=False | True | preset name | dict` and Expedite "
+        f"`transformers.{name}.from_pretrained` plus `expedite=False | True | preset name | dict | 'auto'` and Expedite "
         "setting kwargs (see `hf_expedite.auto`)."
     )
     from_config.__doc__ = f"`transformers.{name}.from_config` plus `expedite=...` and Expedite setting kwargs."

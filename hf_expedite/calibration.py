@@ -35,7 +35,7 @@ from .settings import TEMPERATURE_RANGE, WindowedExpediteSettings
 
 logger = logging.getLogger(__name__)
 
-CLUSTER_RATIOS = (0.4, 0.5, 0.6, 0.7)
+CLUSTER_RATIOS = (0.3, 0.4, 0.5, 0.6, 0.7)
 """Cluster grids tried: fractions of the token grid per side (of the attention window for Swin-style models)."""
 CLUSTERING_FACTORS = (0.3, 1.0, 3.0)
 """Clustering temperatures tried, in units of the feature scale."""

@@ -5,7 +5,7 @@ temperatures from the feature scale, and expedite="auto", each at several FLOPs 
     python scripts/fidelity_per_flop.py ../shared/proxy_depth/model ../shared/proxy_depth/dev.pt --plot fpf.png
 
 The development set is a ``torch.save``'d dict: ``images`` uint8 ``(N, H, W, 3)`` and, optionally, ``depth`` float
-``(N, H, W)`` in metres. Images are fed at their size, normalised with the checkpoint's image processor's mean and
+``(N, H, W)`` in metres. Images are fed at their size (predictions compared at it), normalised with the checkpoint's image processor's mean and
 std (``--mean`` / ``--std`` when it has none). Per setting: the FLOPs ratio (``torch.utils.flop_counter``), the RMSE
 between the expedited and the vanilla depth (metres, per image over the full map, averaged over the images) and, with
 reference depth, both models' RMSE against it. ``auto`` calibrates on the photographs bundled with scikit-image (not
@@ -81,9 +81,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     reference = dev.get("depth")
 
     def predict(candidate: torch.nn.Module) -> torch.Tensor:
+        """Depth at the images' size (a head with another output size is resized bilinearly)."""
         with torch.inference_mode():
-            return torch.cat([candidate(pixel_values=pixels[i : i + args.batch_size]).predicted_depth
-                              for i in range(0, len(pixels), args.batch_size)])  # fmt: skip
+            depth = torch.cat([candidate(pixel_values=pixels[i : i + args.batch_size]).predicted_depth
+                               for i in range(0, len(pixels), args.batch_size)])  # fmt: skip
+        if depth.shape[-2:] != (height, width):
+            depth = torch.nn.functional.interpolate(depth[:, None], (height, width), mode="bilinear")[:, 0]
+        return depth
 
     def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
         return float(((a - b) ** 2).flatten(1).mean(1).sqrt().mean())
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         auto = hf_expedite.expedite(model, "auto", target_flops_ratio=budget, image_processor=processor)
         measure(f"auto <= {budget:g}", auto, auto.expedite_calibration.settings)
     print(markdown(rows, args))
+    print()
+    print(budget_table(rows, args.budgets))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)
@@ -139,6 +145,30 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if reference:
         lines.append(f"\nvanilla RMSE to reference: {rows[0]['vanilla_rmse_to_reference']:.4f} m")
+    return "\n".join(lines)
+
+
+def budget_table(rows: list[dict[str, Any]], budgets: list[float]) -> str:
+    """Per FLOPs budget: the most faithful paper row and residual row within it, and the auto row."""
+
+    def cell(candidates: list[dict[str, Any]]) -> str:
+        if not candidates:
+            return "-"
+        row = min(candidates, key=lambda r: r["rmse_to_vanilla"])
+        settings = row["settings"]
+        grid = settings.get("num_clusters") or f"ratio {settings.get('cluster_ratio')}"
+        grid = f"{grid[0]}x{grid[1]}" if isinstance(grid, list) else grid
+        return (f"{row['rmse_to_vanilla']:.4f} m (alpha {settings['clustering_location']}, {grid}, FLOPs "
+                f"{row['flops_ratio']:.3f})")  # fmt: skip
+
+    lines = ["| FLOPs budget | paper, best row | residual + scale temperatures, best row | auto |", "|---|---|---|---|"]
+    for budget in budgets:
+        within = [r for r in rows if r["flops_ratio"] <= budget]
+        lines.append(
+            f"| <= {budget:g} | {cell([r for r in within if r['family'] == 'paper'])} | "
+            f"{cell([r for r in within if r['family'] == 'residual'])} | "
+            f"{cell([r for r in rows if r['family'] == f'auto <= {budget:g}'])} |"
+        )
     return "\n".join(lines)
 
 

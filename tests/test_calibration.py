@@ -100,3 +100,29 @@ def test_bad_budgets_and_requests_fail_before_any_weight_is_read(tmp_path, depth
         load(bare, expedite="auto", target_speedup=1.2)
     with pytest.raises(ValueError, match="No Expedite setting .* fits a FLOPs ratio of 0.010 .* the cheapest tried costs 0.9"):
         load(depth_repo, expedite="auto", target_flops_ratio=0.01, calibration_images=photos()[:1])
+
+
+def test_fidelity_per_flop_script(depth_repo, tmp_path, capsys):
+    """scripts/fidelity_per_flop.py on a tiny development set (the proxy's format): every family, table and plot."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    images = np.stack([np.asarray(image.resize((64, 64))) for image in photos()[:2]])
+    dev = tmp_path / "dev.pt"
+    torch.save({"images": torch.from_numpy(images), "depth": torch.full((2, 64, 64), 3.0)}, dev)
+    path = Path(__file__).resolve().parents[1] / "scripts" / "fidelity_per_flop.py"
+    spec = importlib.util.spec_from_file_location("fidelity_per_flop", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = script.main([str(depth_repo), str(dev), "--grids", "4", "--locations", "1", "--budgets", "0.99",
+                        "--json", str(tmp_path / "rows.json"), "--plot", str(tmp_path / "plot.png")])  # fmt: skip
+    assert [row["family"] for row in rows] == ["paper", "residual", "auto <= 0.99"]
+    assert rows[1]["settings"]["reconstruction_residual"] is True and rows[0]["flops_ratio"] == rows[1]["flops_ratio"]
+    assert all(row["rmse_to_vanilla"] >= 0 and "rmse_to_reference" in row for row in rows)
+    printed = capsys.readouterr().out
+    assert "| FLOPs budget | paper, best row |" in printed and "| <= 0.99 |" in printed
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows
+    assert (tmp_path / "plot.png").stat().st_size > 1000
