@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops.clustering import check_grids, cluster_tokens
+from .ops.clustering import check_grids, cluster_tokens, without_autocast
 from .ops.reconstruction import TokenReconstruction
 from .settings import ExpediteSettings, cluster_grid, reconstruction_k
 
@@ -27,7 +27,7 @@ def cluster_with_settings(
     """
     clusters = clusters or cluster_grid(config, grid)
     check_grids(grid, clusters)
-    with torch.profiler.record_function(CLUSTERING_SCOPE):
+    with torch.profiler.record_function(CLUSTERING_SCOPE), without_autocast(tokens.device):
         return _cluster(tokens, grid, clusters, config)
 
 

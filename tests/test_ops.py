@@ -351,3 +351,21 @@ def test_identical_centres_are_grouped_per_batch_item():
     centres[1, 4] = centres[1, 2] = centres[1, 0]
     centres[1, 1] = centres[0, 1]  # identical to a centre of the other item only: not grouped
     assert first_identical(centres).tolist() == [[0, 1, 2, 1, 4], [0, 1, 0, 3, 0]]
+
+
+def test_clustering_and_reconstruction_ignore_the_callers_autocast():
+    """Under CPU autocast (bfloat16) the distance products still run in float32: the same centres and reconstructions,
+    bit for bit, as without autocast (a bfloat16 expanded-form distance would cancel catastrophically)."""
+    from hf_expedite import ExpeditedViTConfig
+    from hf_expedite.hourglass import cluster_with_settings
+
+    grid = (12, 16)
+    tokens = _tokens(grid, channels=32) * 4 + 30
+    config = ExpeditedViTConfig(clustering_location=1, num_clusters=[6, 8], clustering_temperature=4.0,
+                                reconstruction_temperature=4.0, reconstruction_residual=True)  # fmt: skip
+    centres, reconstruction = cluster_with_settings(tokens, grid, config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_centres, autocast_reconstruction = cluster_with_settings(tokens, grid, config)
+        restored = autocast_reconstruction(centres * 2)
+    assert torch.equal(autocast_centres, centres)
+    assert restored.dtype == torch.float32 and torch.equal(restored, reconstruction(centres * 2))

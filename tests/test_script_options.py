@@ -32,6 +32,7 @@ BAD_OPTIONS = {
     "evaluate_semantic_segmentation": ["model", "--protocol", "fastest"],
     "evaluate_panoptic": ["model", "--short-side", "-1"],
     "fidelity_report": ["model", "--dtype", "float8"],
+    "fidelity_per_flop": ["model"],  # no development set
     "push_to_hub": ["model"],  # neither a repo_id nor --output-dir
 }
 

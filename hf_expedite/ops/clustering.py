@@ -18,6 +18,7 @@ autograd on (training, fine-tuning) gradients flow through the soft k-means to t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import NamedTuple
@@ -147,6 +148,14 @@ def initial_centres(tokens: torch.Tensor, grid: tuple[int, int], cluster_grid: t
     rows, cols = _pooling_matrix(grid[0], cluster_grid[0], tokens), _pooling_matrix(grid[1], cluster_grid[1], tokens)
     pooled = torch.einsum("jw,bhwc->bhjc", cols, tokens.view(batch, *grid, channels))
     return torch.einsum("ih,bhjc->bijc", rows, pooled).reshape(batch, -1, channels)
+
+
+def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device`` while clustering and reconstruction run: their distance products must
+    stay in float32 (a bfloat16 ``|x|^2 + |s|^2 - 2<x, s>`` cancels catastrophically) whatever the caller's autocast."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def centred(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,7 +40,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .clustering import centred, home_cells
+from .clustering import centred, home_cells, without_autocast
 
 ReconstructionMode = Literal["knn", "hard"]
 ReconstructionNormalization = Literal["l1", "l2"]
@@ -219,7 +219,7 @@ class TokenReconstruction:
                 f"A residual reconstruction applies to tensors of the clustered tokens' width {self.detail.shape[-1]}, "
                 f"got shape {tuple(reduced.shape)}."
             )
-        with torch.profiler.record_function(self.PROFILER_SCOPE):
+        with torch.profiler.record_function(self.PROFILER_SCOPE), without_autocast(reduced.device):
             weights = self.weights.to(reduced.device)
             values = reduced.to(weights.dtype)
             if self.indices is None:
