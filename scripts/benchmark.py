@@ -7,6 +7,7 @@ expedited one sharing the vanilla one's tensors, and fed the photographs bundled
     python scripts/benchmark.py                      # the default cases (ViT-B/16 512, ViT-L/16 640)
     python scripts/benchmark.py --suite paper --throughput-batch 4 --plot speed_vs_fidelity.png
     python scripts/benchmark.py --suite scaling --plot scaling.png   # ViT-B/16 from 512x512 to 1024x2048
+    python scripts/benchmark.py --cases vit-b16-512 --variants float32 bfloat16 autocast-bf16 compiled
     python scripts/benchmark.py --cases all --json results.json
     python scripts/benchmark.py --list
 """
@@ -90,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="device to run on, e.g. cuda")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--list", action="store_true", help="list the available cases and exit")
+    parser.add_argument(
+        "--variants", nargs="+", choices=("float32", "bfloat16", "autocast-bf16", "compiled"), default=["float32"],
+        help="how each case runs: float32 eager (default), bfloat16 weights, bfloat16 autocast, torch.compile "
+        "(inductor); one row per case and variant",
+    )
     return parser
 
 
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hf_expedite.benchmark.measure import run_case
     from hf_expedite.benchmark.registry import all_cases, suite_cases
+    from hf_expedite.benchmark.variants import apply_variant
 
     cases = all_cases()
     if args.list:
@@ -141,15 +148,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     results = []
-    for name in tqdm(names, desc="benchmark", unit="case"):
+    runs = [(name, variant) for name in names for variant in args.variants]
+    for name, variant in tqdm(runs, desc="benchmark", unit="case"):
         case = cases[name]()
         case.vanilla.to(args.device)
         case.expedited.to(args.device)
         case.inputs = {key: value.to(args.device) for key, value in case.inputs.items()}
+        case = apply_variant(case, variant)
         results.append(
             run_case(case, repeats=args.repeats, warmup=args.warmup, throughput_batch=args.throughput_batch)
         )
-        tqdm.write(f"{name}: {results[-1].speedup:.2f}x, FLOPs ratio {results[-1].flops_ratio:.3f}")
+        tqdm.write(f"{case.name}: {results[-1].speedup:.2f}x, FLOPs ratio {results[-1].flops_ratio:.3f}")
         del case
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch as listed\n")
     print(markdown_table(results))

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,19 @@ def test_every_bundled_photograph_loads():
 
     batch = photo_batch(32, 48, batch_size=len(PHOTOGRAPHS))
     assert batch.shape == (len(PHOTOGRAPHS), 3, 32, 48) and torch.isfinite(batch).all()
+
+
+@pytest.mark.parametrize("variant", ["bfloat16", "autocast-bf16", "compiled"])
+def test_variants_time_what_users_run(variant):
+    """bfloat16 weights, autocast and torch.compile rows: finite outputs close to vanilla's, a ratio to ideal."""
+    from hf_expedite.benchmark.variants import apply_variant
+
+    torch.manual_seed(0)
+    settings = {"clustering_location": 1, "num_clusters": [4, 4], "reconstruction_k": 4}
+    case = apply_variant(vit_case("tiny", TINY, 64, settings, "tiny ViT"), variant)
+    assert case.name == f"tiny [{variant}]"
+    result = run_case(case, repeats=1, warmup=1)
+    assert math.isfinite(result.output_relative_error) and result.output_relative_error < 1
+    assert result.ratio_to_ideal > 0 and result.flops_ratio < 1
+    if variant == "bfloat16":
+        assert next(case.expedited.parameters()).dtype == torch.bfloat16

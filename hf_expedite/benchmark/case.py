@@ -20,3 +20,5 @@ class BenchmarkCase:
     description: str
     backbone: Callable[[nn.Module], nn.Module] | None = None
     notes: str = ""
+    timed: dict[str, nn.Module] | None = None
+    """The models to time instead of the vanilla, expedited and ideal ones (a variant: autocast, compiled)."""

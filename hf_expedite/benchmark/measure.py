@@ -227,7 +227,8 @@ def run_case(
     """Measure one case: alternated latencies, FLOPs (whole model and backbone), overhead share, peak memory, and,
     with ``throughput_batch``, images per second at that batch size."""
     models = {"vanilla": case.vanilla.eval(), "expedited": case.expedited.eval()}
-    times = alternated_latencies({**models, "ideal": IdealModel(case.expedited)}, case.inputs, repeats, warmup)
+    timed = case.timed or {**models, "ideal": IdealModel(case.expedited)}
+    times = alternated_latencies(timed, case.inputs, repeats, warmup)
     vanilla_s, expedited_s = statistics.median(times["vanilla"]), statistics.median(times["expedited"])
     ideal_s = statistics.median(times["ideal"])
     flops = {name: count_flops(model, case.inputs) for name, model in models.items()}
@@ -246,14 +247,15 @@ def run_case(
         overhead_share=(overhead["clustering"] + overhead["reconstruction"]) / expedited_s,
         clustering_ms=overhead["clustering"] * 1e3,
         reconstruction_ms=overhead["reconstruction"] * 1e3,
-        output_relative_error=output_relative_error(case.vanilla, case.expedited, case.inputs),
+        output_relative_error=output_relative_error(timed["vanilla"], timed["expedited"], case.inputs),
         vanilla_peak_mb=peak_memory(case.vanilla, case.inputs) / 2**20,
         expedited_peak_mb=peak_memory(case.expedited, case.inputs) / 2**20,
         notes=case.notes,
     )
     if throughput_batch:
         inputs = batched(case.inputs, throughput_batch)
-        batch_times = alternated_latencies(models, inputs, repeats=max(1, repeats // 2), warmup=warmup)
+        pair = {name: timed[name] for name in models}
+        batch_times = alternated_latencies(pair, inputs, repeats=max(1, repeats // 2), warmup=warmup)
         result.throughput_batch = throughput_batch
         result.vanilla_images_per_s = throughput_batch / statistics.median(batch_times["vanilla"])
         result.expedited_images_per_s = throughput_batch / statistics.median(batch_times["expedited"])
