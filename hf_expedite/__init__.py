@@ -31,6 +31,7 @@ from .auto import (  # noqa: E402
     AutoModelForSemanticSegmentation,
     AutoModelForUniversalSegmentation,
 )
+from .calibration import Calibration, calibrate  # noqa: E402
 from .conversion import expedite, expedite_config, supported_model_types  # noqa: E402
 from .patching import patch_transformers, patched_transformers, unpatch_transformers  # noqa: E402
 
@@ -41,6 +42,8 @@ __all__ += [
     "AutoModelForImageClassification",
     "AutoModelForSemanticSegmentation",
     "AutoModelForUniversalSegmentation",
+    "Calibration",
+    "calibrate",
     "expedite",
     "expedite_config",
     "patch_transformers",
