@@ -146,7 +146,10 @@ def relative_difference(reference: Any, outputs: Any) -> float:
     return sum(float((o - r).norm() / r.norm().clamp_min(1e-12)) for r, o in pairs) / len(pairs)
 
 
-def _num_blocks(holder: Any) -> int:
+def num_blocks(config: Any) -> int:
+    """The number of blocks clustering locations count in for ``config`` (vanilla or expedited): the encoder's, or a
+    backbone's (Depth Anything, DPT-DINOv2), over all stages for Swin-style models."""
+    holder = settings_holder(expedite_config(config, True))
     return sum(holder.depths) if isinstance(holder, WindowedExpediteSettings) else holder.num_hidden_layers
 
 
@@ -277,9 +280,8 @@ def calibrate(
     budget = flops_budget(target_speedup, target_flops_ratio)
     model = expedite(model, False)
     inputs = calibration_inputs(model, images, image_processor)
-    holder = settings_holder(expedite_config(model.config, True))
-    grids = _grid_choices(holder)
-    locations = [alpha for alpha in range(1, _num_blocks(holder)) if _valid(model.config, {"clustering_location": alpha})]
+    grids = _grid_choices(settings_holder(expedite_config(model.config, True)))
+    locations = range(1, num_blocks(model.config))
     steps = 1 + len(grids) * (math.ceil(math.log2(len(locations) + 1)) + 1 + len(CLUSTERING_FACTORS))
     with tqdm(total=steps, desc="expedite='auto' calibration", unit="step", disable=not progress) as bar:
         calibrator = _Calibrator(model, inputs, budget, bar)

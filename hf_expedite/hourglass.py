@@ -1,7 +1,8 @@
 """One clustering point: cluster patch tokens with a config's settings and prepare their reconstruction.
 
-The work is labelled for ``torch.profiler`` (``CLUSTERING_SCOPE`` / ``RECONSTRUCTION_SCOPE``), which is how the
-benchmark measures what clustering and reconstruction cost inside a model.
+The work is labelled for ``torch.profiler`` (``CLUSTERING_SCOPE`` / ``RECONSTRUCTION_SCOPE``), so that a profile of
+a model shows what clustering and reconstruction cost (the benchmark times them on their own instead, by replaying
+``_cluster`` and the reconstructions it returns).
 """
 
 from __future__ import annotations

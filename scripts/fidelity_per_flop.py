@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     import hf_expedite
     from hf_expedite.benchmark.measure import count_flops
-    from hf_expedite.calibration import calibration_inputs, feature_scale, scaled_temperatures
+    from hf_expedite.calibration import calibration_inputs, feature_scale, num_blocks, scaled_temperatures
 
     try:
         model = hf_expedite.AutoModelForDepthEstimation.from_pretrained(args.model, expedite=False).eval()
@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             row["vanilla_rmse_to_reference"] = rmse(vanilla, reference)
         rows.append(row)
 
-    depth = model.config.num_hidden_layers
-    locations = args.locations or list(range(1, depth - 1))
+    locations = args.locations or list(range(1, num_blocks(model.config) - 1))
     pairs = [(alpha, grid) for alpha in locations for grid in args.grids]
     photographs = calibration_inputs(model, None, processor)  # the scale comes from the bundled photographs, as auto
     for alpha, grid in tqdm(pairs, desc="paper + residual rows", unit="setting"):

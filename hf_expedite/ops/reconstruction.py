@@ -131,12 +131,13 @@ def knn_reconstruction(
     num_clusters = distances.shape[-1]
     _check_knn(num_clusters, k, normalization)
     key = distances if key is None else key
-    kth_nearest = key.topk(k, dim=-1, largest=False).values[..., -1:]
+    k_nearest = key.topk(k, dim=-1, largest=False)
+    kth_nearest = k_nearest.values[..., -1:]
     nearest = distances.amin(-1, keepdim=True)
     indices = None
     if not torch.compiler.is_compiling():
         width = int((key <= kth_nearest).sum(-1).amax())  # k, or more where a distance ties with the k-th
-        indices = key.topk(width, dim=-1, largest=False).indices
+        indices = k_nearest.indices if width == k else key.topk(width, dim=-1, largest=False).indices
         key, distances = key.gather(-1, indices), distances.gather(-1, indices)
     weights = torch.exp(-(distances - nearest) / temperature).masked_fill(key > kth_nearest, 0.0)
     if normalization == "l1":
