@@ -7,7 +7,8 @@
     python scripts/evaluate_semantic_segmentation.py MODEL --dataset me/my-seg --label-column mask --no-reduce-labels
     accelerate launch scripts/evaluate_semantic_segmentation.py MODEL     # several GPUs: same numbers, shared work
 
-Models: DPT segmentation (DPTForSemanticSegmentation, e.g. Intel/dpt-large-ade) and universal segmentation models
+Models: DPT segmentation (DPTForSemanticSegmentation, e.g. Intel/dpt-large-ade), UperNet with a Swin backbone
+(UperNetForSemanticSegmentation, e.g. openmmlab/upernet-swin-base) and universal segmentation models
 (Mask2Former, through its semantic inference: softmax class scores times mask probabilities summed over queries).
 
 Protocol (--protocol published, the default of the ade20k benchmark): single scale, per model family as the
@@ -17,6 +18,8 @@ published numbers were measured:
                window (mmseg's DPT stride 341 for 512), class scores averaged where windows overlap.
   Mask2Former  detectron2's whole-image test: short side 512 (640 for Swin-L, trained on 640 crops), long side at most
                2048 (2560), zero-padded to multiples of 32, scores cropped back to the image.
+  UperNet      mmseg's whole-image test (`whole_inference`, Resize scale (2048, 512) keep_ratio): short side 512, long
+               side at most 2048, no padding (the Swin backbone pads to its windows itself).
 Scores are resized (bilinear) to each label map's size before the arg max. --protocol processor uses the image
 processor's own resizing on the whole image (the default for a custom --dataset); --inference, --short-side,
 --max-long-side, --crop-size and --stride override single choices. The expedited model runs on the same windows.

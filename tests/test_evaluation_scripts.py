@@ -30,7 +30,15 @@ from hf_expedite.evaluation.tasks.depth import DepthTask, crop_mask, kb_window
 from hf_expedite.evaluation.tasks.panoptic import PanopticTask
 from hf_expedite.fidelity import predict
 
-from test_fidelity import DPT_REDUCED, M2F_REDUCED, photos, tiny_dpt_depth, tiny_dpt_segmentation, tiny_mask2former
+from test_fidelity import (
+    DPT_REDUCED,
+    M2F_REDUCED,
+    photos,
+    tiny_dpt_depth,
+    tiny_dpt_segmentation,
+    tiny_mask2former,
+    tiny_upernet,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = (80, 60)  # photographs resized to 80x60 (width x height)
@@ -238,7 +246,8 @@ def test_panoptic_end_to_end(scripts, data, tmp_path):
 
 def test_semantic_published_protocol_per_family(scripts, data, tmp_path):
     """The ade20k benchmark runs each family's published protocol: DPT by sliding windows of its training crop,
-    Mask2Former on the whole image at its test short side; both models on the same windows."""
+    Mask2Former on the whole image at its test short side (padded), UperNet as mmseg (short side 512, unpadded); both
+    models on the same windows."""
     args = ["--dataset", str(data["ade_data"]), "--benchmark", "ade20k", "--max-samples", "2", "--no-progress"]
     dpt = scripts["evaluate_semantic_segmentation"].main([str(data["seg_model"]), *args, "--output-dir",
                                                           str(tmp_path / "dpt")])
@@ -247,7 +256,10 @@ def test_semantic_published_protocol_per_family(scripts, data, tmp_path):
                                                           str(tmp_path / "m2f")])
     assert m2f["metadata"]["protocol"] == "short side 512, long side <= 2048; whole image (padded to multiples of " \
         "32), single scale"
-    for payload in (dpt, m2f):
+    upernet = scripts["evaluate_semantic_segmentation"].main([str(tiny_upernet(tmp_path / "upernet_model")), *args,
+                                                              "--output-dir", str(tmp_path / "upernet")])
+    assert upernet["metadata"]["protocol"] == "short side 512, long side <= 2048; whole image, single scale"
+    for payload in (dpt, m2f, upernet):
         assert payload["vanilla"]["num_images"] == payload["expedited"]["num_images"] == 2
         assert 0.0 <= _metrics(payload, "expedited")["mean_iou"] <= 1.0
 

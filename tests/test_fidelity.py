@@ -23,6 +23,8 @@ from transformers import (
     Mask2FormerConfig,
     Mask2FormerForUniversalSegmentation,
     SwinConfig,
+    UperNetConfig,
+    UperNetForSemanticSegmentation,
 )
 from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
 from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
@@ -98,6 +100,28 @@ def seeded_init(model: torch.nn.Module) -> None:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
 
 
+def tiny_upernet(path: Path) -> Path:
+    """A random 5-class UperNet on a tiny Swin (64x64 inputs), saved with a PIL image processor."""
+    torch.manual_seed(0)
+    swin = SwinConfig(
+        image_size=64,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=4,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = UperNetConfig(backbone_config=swin, num_labels=5, hidden_size=16, auxiliary_in_channels=64)
+    model = UperNetForSemanticSegmentation(config).eval()
+    seeded_init(model)
+    model.save_pretrained(path)
+    # UperNet checkpoints ship a SegformerImageProcessor; transformers 5.20 cannot load its PIL variant without
+    # torchvision (not installed here), and DPT's resizes and normalises the same way.
+    DPTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(path)
+    return path
+
+
 def tiny_mask2former(path: Path) -> Path:
     """A random 6-class Mask2Former on a tiny Swin; the mask and class heads are amplified so that the random model
     predicts several segments of several classes. Saved with a PIL image processor."""
@@ -159,6 +183,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "depth": tiny_dpt_depth(root / "depth"),
         "semantic": tiny_dpt_segmentation(root / "semantic"),
         "panoptic": tiny_mask2former(root / "panoptic"),
+        "upernet": tiny_upernet(root / "upernet"),
     }
 
 
@@ -199,6 +224,16 @@ def test_panoptic_fidelity(models):
     # The Mask2Former twin also serves semantic segmentation.
     semantic = fidelity_report(vanilla, same, processor, images[:2], "semantic")
     assert semantic.summary["pixel_agreement"] > 0.999
+
+
+def test_upernet_semantic_fidelity(models):
+    images = photos(size=(160, 120))
+    vanilla, same, processor = load(models["upernet"], hf_expedite.AutoModelForSemanticSegmentation, M2F_SAME_GRID)
+    exact = fidelity_report(vanilla, same, processor, images, "semantic")
+    assert exact.summary["pixel_agreement"] > 0.999 and exact.summary["miou_vs_vanilla"] > 0.999
+    reduced = fidelity_report(vanilla, hf_expedite.expedite(vanilla, M2F_REDUCED), processor, images, "semantic")
+    assert reduced.summary["pixel_agreement"] < exact.summary["pixel_agreement"]
+    assert 0.2 < reduced.summary["miou_vs_vanilla"] < 0.999
 
 
 def test_agreement_helpers():

@@ -6,6 +6,8 @@
   1152's (288, 144, 72, 36), so its FLOPs ratio equals the 1152 one at under half the time.
 * End-to-end Mask2Former (Swin-L, COCO-panoptic head: 200 queries, 133 classes) at 768x768, with the backbone
   reported on its own.
+* UperNet on Swin-B (``openmmlab/upernet-swin-base``: embed 128, depths [2, 2, 18, 2], heads [4, 8, 16, 32], window
+  12; 512 channels, 150 ADE20K classes) at its 512x512 ADE20K crop, default preset, the backbone reported on its own.
 * Swinv2-B (embed 128, depths [2, 2, 18, 2], heads [4, 8, 16, 32], window 12) at 768x768 with the default preset.
 """
 
@@ -22,11 +24,14 @@ from transformers import (
     SwinConfig,
     Swinv2Config,
     Swinv2Model,
+    UperNetConfig,
+    UperNetForSemanticSegmentation,
 )
 
 from ..models.mask2former import ExpeditedMask2FormerForUniversalSegmentation, expedite_mask2former_config
 from ..models.swin import ExpeditedSwinBackbone, expedite_swin_config
 from ..models.swinv2 import ExpeditedSwinv2Model, expedite_swinv2_config
+from ..models.upernet import ExpeditedUperNetForSemanticSegmentation, expedite_upernet_config
 from ..presets import get_preset
 from .case import BenchmarkCase
 from .photos import photo_batch
@@ -34,6 +39,7 @@ from .photos import photo_batch
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 SWIN_LARGE = dict(embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48], window_size=12, image_size=384)
+SWIN_BASE = dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12, image_size=384)
 SWINV2_BASE = dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12)
 M2F_COCO_PANOPTIC_HEAD = dict(num_queries=200, num_labels=133)
 
@@ -95,6 +101,25 @@ def mask2former_case(resolution: int, preset: str = "coco-panoptic") -> Benchmar
     )
 
 
+def upernet_case(resolution: int) -> BenchmarkCase:
+    """UperNet Swin-B (ADE20K head: 512 channels, 150 classes, auxiliary head), default preset (block 10, 12 -> 8)."""
+    backbone = SwinConfig(**SWIN_BASE, out_features=STAGES, drop_path_rate=0.0)
+    config = UperNetConfig(backbone_config=backbone, num_labels=150, auxiliary_in_channels=512)
+    vanilla, expedited = _paired(
+        UperNetForSemanticSegmentation(config),
+        ExpeditedUperNetForSemanticSegmentation(expedite_upernet_config(config)),
+    )
+    return BenchmarkCase(
+        f"upernet-swin-b-{resolution}",
+        vanilla,
+        expedited,
+        _photos(resolution),
+        f"UperNet Swin-B window 12 (150 classes), {resolution}x{resolution}, default preset (alpha 10, 12x12 -> 8x8 "
+        "per window)",
+        backbone=lambda model: model.backbone,
+    )
+
+
 def swinv2_case(resolution: int) -> BenchmarkCase:
     """Swinv2-B, window 12 at every stage (image_size = the input), default preset (block 10, 12 -> 8)."""
     config = Swinv2Config(**SWINV2_BASE, image_size=resolution, drop_path_rate=0.0)
@@ -121,6 +146,7 @@ CASES: dict[str, Callable[[], BenchmarkCase]] = {
     "m2f-swin-l-backbone-768-coco-panoptic": lambda: swin_large_backbone_case("coco-panoptic", 768),
     "m2f-swin-l-768-coco-panoptic": lambda: mask2former_case(768),
     "swinv2-b-w12-768": lambda: swinv2_case(768),
+    "upernet-swin-b-512": lambda: upernet_case(512),
 }
 
 # The paper's Mask2Former table (backbone-only at 1152x1152), measured by ``scripts/benchmark.py --suite paper``.

@@ -13,6 +13,8 @@ from .swin import ExpeditedSwinBackbone, ExpeditedSwinConfig
 from .swinv2 import ExpeditedSwinv2Backbone, ExpeditedSwinv2Config, ExpeditedSwinv2Model
 from .depth_anything import ExpeditedDepthAnythingConfig, ExpeditedDepthAnythingForDepthEstimation
 from .mask2former import ExpeditedMask2FormerConfig, ExpeditedMask2FormerForUniversalSegmentation
+from .eomt import ExpeditedEomtConfig, ExpeditedEomtForUniversalSegmentation
+from .upernet import ExpeditedUperNetConfig, ExpeditedUperNetForSemanticSegmentation
 
 __all__ = [
     "ExpeditedViTConfig",
@@ -35,4 +37,8 @@ __all__ = [
     "ExpeditedSwinv2Model",
     "ExpeditedMask2FormerConfig",
     "ExpeditedMask2FormerForUniversalSegmentation",
+    "ExpeditedEomtConfig",
+    "ExpeditedEomtForUniversalSegmentation",
+    "ExpeditedUperNetConfig",
+    "ExpeditedUperNetForSemanticSegmentation",
 ]

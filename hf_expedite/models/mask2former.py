@@ -11,8 +11,6 @@ reload after ``import hf_expedite``; the weights keep the hub layout.
 
 from __future__ import annotations
 
-from typing import Any
-
 from huggingface_hub.dataclasses import strict
 from transformers import (
     AutoConfig,
@@ -24,14 +22,12 @@ from transformers import (
 from ..compat import SubConfigSpec
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import LoadsVanillaConfigs, convert_config, setting_names
-from .swin import ExpeditedSwinConfig, expedite_swin_config
-
-SUPPORTED_BACKBONES = ("swin", ExpeditedSwinConfig.model_type)
+from ..settings import convert_config
+from .swin import ExpeditedSwinConfig, SwinBackboneSettings
 
 
 @strict
-class ExpeditedMask2FormerConfig(LoadsVanillaConfigs, Mask2FormerConfig):
+class ExpeditedMask2FormerConfig(SwinBackboneSettings, Mask2FormerConfig):
     """``Mask2FormerConfig`` whose Swin ``backbone_config`` is an :class:`ExpeditedSwinConfig`, holding the settings."""
 
     model_type = "expedited_mask2former"
@@ -43,25 +39,6 @@ class ExpeditedMask2FormerConfig(LoadsVanillaConfigs, Mask2FormerConfig):
             init_kwargs=Mask2FormerConfig.sub_configs_defaults["backbone_config"].init_kwargs,
         ),
     }
-
-    def __post_init__(self, **kwargs):
-        kwargs.pop("model_type", None)  # a hub config says "mask2former": it must not shadow ours
-        settings = {name: kwargs.pop(name) for name in setting_names() if name in kwargs}
-        super().__post_init__(**kwargs)
-        backbone = self.backbone_config
-        if backbone.model_type not in SUPPORTED_BACKBONES:
-            raise ValueError(
-                f"Expedite supports Mask2Former with a Swin backbone (model_type {' or '.join(SUPPORTED_BACKBONES)}); "
-                f"this config's backbone is {backbone.model_type!r}."
-            )
-        if settings or not isinstance(backbone, ExpeditedSwinConfig):
-            self.backbone_config = expedite_swin_config(backbone, **settings)
-
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> ExpeditedMask2FormerConfig:
-        """Route Expedite setting kwargs (``from_pretrained(repo, clustering_location=10)``) to the backbone config."""
-        config_dict = {**config_dict, **{name: kwargs.pop(name) for name in setting_names() if name in kwargs}}
-        return super().from_dict(config_dict, **kwargs)
 
 
 def expedite_mask2former_config(config: Mask2FormerConfig, **settings) -> ExpeditedMask2FormerConfig:

@@ -33,9 +33,10 @@ from . import swin  # noqa: E402
 
 PRESETS: dict[str, dict[str, Preset]] = {
     "vit": vit.PRESETS,
+    "eomt": vit.EOMT_PRESETS,
     "dpt": dpt.PRESETS,
     "dinov2": dinov2.PRESETS,
-    **{"swin": swin.SWIN, "swinv2": swin.SWINV2, "mask2former": swin.MASK2FORMER},
+    **{"swin": swin.SWIN, "swinv2": swin.SWINV2, "mask2former": swin.MASK2FORMER, "upernet": swin.UPERNET},
 }
 
 

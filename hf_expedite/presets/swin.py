@@ -113,3 +113,4 @@ OFFICIAL = {
 SWIN = {"default": _DEFAULT, **OFFICIAL}
 SWINV2 = {"default": _DEFAULT}
 MASK2FORMER = {"default": _DEFAULT, **OFFICIAL}
+UPERNET = {"default": _DEFAULT}  # the official settings were published for Mask2Former heads only

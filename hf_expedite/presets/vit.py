@@ -31,6 +31,21 @@ def _default(config: Any) -> dict[str, Any]:
     }
 
 
+def _eomt_default(config: Any) -> dict[str, Any]:
+    """The ViT default placed among EoMT's plain blocks: cluster after 5/12 of all the blocks (10 of EoMT-L's 24, as
+    Segmenter ViT-L/16 on ADE20K), at most one block before the query blocks, where reconstruction happens."""
+    plain = config.num_hidden_layers - config.num_blocks
+    return {**_default(config), "clustering_location": max(0, min(plain - 1, _default(config)["clustering_location"]))}
+
+
+EOMT_PRESETS = {
+    "default": Preset(
+        _eomt_default,
+        "The ViT default among the plain blocks (5/12 of the depth, 70% of the tokens per side, L1 weights); "
+        "reconstruction before the query blocks.",
+    ),
+}
+
 PRESETS = {
     "default": Preset(_default, "ADE20K setting scaled to the depth; 70% of the tokens per side; L1 weights."),
     "segmenter-ade20k": Preset(

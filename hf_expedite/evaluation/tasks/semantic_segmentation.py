@@ -30,11 +30,14 @@ def published_protocol(config: Any) -> dict[str, Any]:
     if config.model_type in ("dpt", "expedited_dpt"):
         image_size = config.image_size if isinstance(config.image_size, int) else min(config.image_size)
         return {"inference": "slide", "short_side": image_size, "max_long_side": None, "crop_size": image_size,
-                "stride": image_size * 2 // 3}  # fmt: skip
+                "stride": image_size * 2 // 3, "pad_multiple": None}  # fmt: skip
+    if config.model_type in ("upernet", "expedited_upernet"):  # mmseg's whole test, scale (2048, 512), no padding
+        return {"inference": "whole", "short_side": 512, "max_long_side": 2048, "crop_size": None, "stride": None,
+                "pad_multiple": None}  # fmt: skip
     backbone = getattr(config, "backbone_config", None)
     large = getattr(backbone, "embed_dim", 0) >= 192  # Swin-L: trained on 640 x 640 crops
     return {"inference": "whole", "short_side": 640 if large else 512, "max_long_side": 2560 if large else 2048,
-            "crop_size": None, "stride": None}  # fmt: skip
+            "crop_size": None, "stride": None, "pad_multiple": 32}  # fmt: skip
 
 
 def label_array(value: Any, column: str, index: int) -> np.ndarray:
@@ -95,7 +98,8 @@ class SemanticSegmentationTask(EvaluationTask):
             return processor(images=image, return_tensors="pt")  # the processor's protocol, as it is
         image = resize_short_side(image, self.protocol["short_side"], self.protocol["max_long_side"])
         inputs = processor(images=image, do_resize=False, return_tensors="pt")
-        return pad_to_multiple(inputs, 32) if self.protocol["inference"] == "whole" else inputs
+        multiple = self.protocol.get("pad_multiple")
+        return pad_to_multiple(inputs, multiple) if multiple and self.protocol["inference"] == "whole" else inputs
 
     def infer(self, model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> Any:
         """One forward pass (its outputs), or the class scores of averaged sliding windows at the input size."""
@@ -150,7 +154,9 @@ class SemanticSegmentationTask(EvaluationTask):
             resize = f"short side {protocol['short_side']}{cap}"
         if protocol["inference"] == "slide":
             return f"{resize}; sliding window {protocol['crop_size']}, stride {protocol['stride']}, scores averaged"
-        return f"{resize}; whole image (padded to multiples of 32), single scale"
+        multiple = protocol.get("pad_multiple")
+        padding = f" (padded to multiples of {multiple})" if multiple else ""
+        return f"{resize}; whole image{padding}, single scale"
 
 
 def make_task(args: argparse.Namespace, config: Any, processor: Any) -> SemanticSegmentationTask:
@@ -161,7 +167,8 @@ def make_task(args: argparse.Namespace, config: Any, processor: Any) -> Semantic
     if args.label_map:
         label_map = {int(key): int(value) for key, value in load_json_option(args.label_map).items()}
     protocol = published_protocol(config) if args.protocol == "published" else {
-        "inference": "whole", "short_side": None, "max_long_side": None, "crop_size": None, "stride": None
+        "inference": "whole", "short_side": None, "max_long_side": None, "crop_size": None, "stride": None,
+        "pad_multiple": 32,
     }  # fmt: skip
     for name in ("inference", "short_side", "max_long_side", "crop_size", "stride"):
         if getattr(args, name) is not None:

@@ -1,0 +1,163 @@
+# Copyright 2026 The hf_expedite authors. Licensed under the Apache License, Version 2.0 (see pyproject.toml).
+"""Expedited EoMT (Encoder-only Mask Transformer): ``EomtForUniversalSegmentation`` clustering its patch tokens.
+
+EoMT is a plain ViT (DINOv2 with register tokens) whose last ``num_blocks`` blocks also carry ``num_queries`` query
+tokens: before each of them the model predicts masks from the full ``grid_size`` patch map and restricts every
+query's attention to its mask. So clustering happens in the plain blocks (``clustering_location`` counts them, an
+integer in ``0 .. num_hidden_layers - num_blocks - 1``) and the reconstruction at the latest where the query blocks
+begin (``reconstruction_location`` ``None`` = there): the query blocks, their masked attention and every mask
+prediction run on the vanilla full-resolution tokens. CLS and register tokens are carried through.
+
+The layer loop is the model's own, written out once for both settings (transformers' ``forward`` inlines it):
+with ``expedite=False`` it runs exactly the parent's operations, so the outputs are bit-identical. Hidden states are
+recorded full resolution from a :class:`~hf_expedite.encoder.HiddenStatesTap`; attentions recorded in the reduced
+phase are over ``P + M`` tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub.dataclasses import strict
+from transformers import AutoModelForUniversalSegmentation, EomtConfig, EomtForUniversalSegmentation
+from transformers.models.eomt.modeling_eomt import EomtAttention, EomtForUniversalSegmentationOutput
+
+from ..compat import capture_outputs, merge_with_config_defaults, takes_transformers_kwargs
+from ..encoder import (
+    HIDDEN_STATES_RECORDER,
+    EagerCaptureHooksMixin,
+    HiddenStatesTap,
+    requested_hidden_states,
+    run_expedited_layers,
+)
+from ..loading import StrictLoadingMixin
+from ..registry import mirror_conversion_mapping, register_config, register_model
+from ..settings import ExpediteSettings, convert_config, finalize_settings
+
+PLAIN_BLOCKS_UNIT = "plain blocks (before the query blocks)"
+
+
+def plain_blocks(config: EomtConfig) -> int:
+    """The number of blocks before the query tokens join: where clustering and reconstruction can go."""
+    return config.num_hidden_layers - config.num_blocks
+
+
+@strict
+class ExpeditedEomtConfig(ExpediteSettings, EomtConfig):
+    """``EomtConfig`` plus the Expedite settings (``clustering_location`` counts the plain blocks)."""
+
+    model_type = "expedited_eomt"
+
+    def __post_init__(self, **kwargs):
+        kwargs.pop("model_type", None)  # a hub config says "eomt": it must not shadow ours
+        super().__post_init__(**kwargs)
+        finalize_settings(self, "eomt", plain_blocks(self), PLAIN_BLOCKS_UNIT)
+
+
+def expedite_eomt_config(config: EomtConfig, **settings: Any) -> ExpeditedEomtConfig:
+    """The expedited version of an EoMT config (vanilla or already expedited), with ``settings`` applied."""
+    return convert_config(ExpeditedEomtConfig, config, EomtConfig, **settings)
+
+
+class ExpeditedEomtForUniversalSegmentation(StrictLoadingMixin, EagerCaptureHooksMixin, EomtForUniversalSegmentation):
+    """``EomtForUniversalSegmentation`` whose plain blocks run on clustered patch tokens (see the module docstring).
+
+    Outputs (class and mask logits, ``last_hidden_state``, hidden states) have the vanilla shapes, so the image
+    processor's ``post_process_{panoptic,instance,semantic}_segmentation`` and the ``image-segmentation`` pipeline work
+    unchanged.
+    """
+
+    config_class = ExpeditedEomtConfig
+    _can_record_outputs = {"hidden_states": HIDDEN_STATES_RECORDER, "attentions": EomtAttention}
+
+    def __init__(self, config: ExpeditedEomtConfig):
+        super().__init__(config)
+        self.hidden_states_tap = HiddenStatesTap()
+        self.install_capture_hooks()
+
+    @takes_transformers_kwargs
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        mask_labels: list[torch.Tensor] | None = None,
+        class_labels: list[torch.Tensor] | None = None,
+        patch_offsets: list[torch.Tensor] | None = None,
+        **kwargs,
+    ) -> EomtForUniversalSegmentationOutput:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        config = self.config
+        first_query_block = plain_blocks(config)
+        asked = kwargs.get("output_hidden_states", config.output_hidden_states)
+        hidden_states = run_expedited_layers(
+            self.layers[:first_query_block],
+            self.embeddings(pixel_values),
+            lambda layer, states: layer(states, None),
+            config,
+            self.grid_size,
+            self.hidden_states_tap,
+            requested_hidden_states(self, asked, config.num_hidden_layers),
+            num_prefix_tokens=self.embeddings.num_prefix_tokens,
+        )
+        masks_per_layer, classes_per_layer = [], []
+        attention_mask = None
+        recorded = hidden_states  # the last state the tap saw (the embeddings when no plain block ran)
+        for index in range(first_query_block, config.num_hidden_layers):
+            block = index - first_query_block
+            if block == 0:
+                queries = self.query.weight[None].expand(hidden_states.shape[0], -1, -1).to(hidden_states.device)
+                hidden_states = torch.cat((queries, hidden_states), dim=1)
+            if self.training or self.attn_mask_probs[block] > 0:
+                masks, classes = self.predict(self.layernorm(hidden_states))
+                masks_per_layer.append(masks)
+                classes_per_layer.append(classes)
+                attention_mask = self._query_attention_mask(hidden_states, masks, block)
+            hidden_states = self.layers[index](hidden_states, attention_mask)
+            recorded = self.hidden_states_tap(recorded, hidden_states)
+        sequence_output = self.layernorm(hidden_states)
+        masks, classes = self.predict(sequence_output)
+        masks_per_layer.append(masks)
+        classes_per_layer.append(classes)
+        loss = None
+        if mask_labels is not None and class_labels is not None:
+            loss = 0.0
+            for layer_masks, layer_classes in zip(masks_per_layer, classes_per_layer):
+                loss_dict = self.get_loss_dict(layer_masks, layer_classes, mask_labels, class_labels, None)
+                loss += self.get_loss(loss_dict)
+        return EomtForUniversalSegmentationOutput(
+            loss=loss,
+            masks_queries_logits=masks,
+            class_queries_logits=classes,
+            last_hidden_state=sequence_output,
+            patch_offsets=patch_offsets,
+        )
+
+    def _query_attention_mask(self, hidden_states: torch.Tensor, masks: torch.Tensor, block: int) -> torch.Tensor:
+        """EoMT's masked attention before query block ``block``: each query sees the patch tokens its predicted mask
+        (resized to the token grid) covers, everything else attends freely; additive, one copy per head."""
+        batch, length = hidden_states.shape[:2]
+        num_queries = self.config.num_queries
+        first_patch = num_queries + self.embeddings.num_prefix_tokens
+        allowed = torch.ones(batch, length, length, device=hidden_states.device, dtype=torch.bool)
+        on_grid = F.interpolate(masks, size=self.grid_size, mode="bilinear")
+        allowed[:, :num_queries, first_patch:] = on_grid.view(batch, num_queries, -1) > 0
+        allowed = self._disable_attention_mask(
+            allowed,
+            prob=self.attn_mask_probs[block],
+            num_query_tokens=num_queries,
+            encoder_start_tokens=first_patch,
+            device=allowed.device,
+        )
+        allowed = allowed[:, None].expand(-1, self.config.num_attention_heads, -1, -1)
+        return allowed.float().masked_fill(~allowed, -1e9)
+
+
+# EoMT has no weight-name conversion of its own in transformers 5.24; these follow transformers if it adds one.
+mirror_conversion_mapping(ExpeditedEomtConfig.model_type, "eomt")
+mirror_conversion_mapping("ExpeditedEomtForUniversalSegmentation", "EomtForUniversalSegmentation")
+register_config(ExpeditedEomtConfig)
+register_model(AutoModelForUniversalSegmentation, ExpeditedEomtConfig, ExpeditedEomtForUniversalSegmentation)
