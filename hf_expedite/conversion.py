@@ -29,6 +29,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from . import models
 from .compat import CONFIG_MAPPING
 from .models.dinov2 import expedite_dinov2_config
+from .models.dinov3 import expedite_dinov3_vit_config
 from .models.depth_anything import expedite_depth_anything_config
 from .models.dpt import expedite_dpt_config, uses_backbone_config
 from .models.eomt import expedite_eomt_config
@@ -77,6 +78,7 @@ CONVERSIONS: dict[str, Conversion] = {
     **_both("dpt", Conversion(expedite_dpt_config, _dpt_family)),  # DPT-Large, -Hybrid, -DINOv2, -SwinV2
     **_both("dinov2", Conversion(expedite_dinov2_config, "dinov2")),  # as a backbone (AutoBackbone)
     **_both("dinov2_with_registers", Conversion(expedite_dinov2_config, "dinov2")),
+    **_both("dinov3_vit", Conversion(expedite_dinov3_vit_config, "dinov3_vit")),
     **_both("depth_anything", Conversion(expedite_depth_anything_config, "dinov2")),  # settings on its backbone
     **_both("swin", Conversion(expedite_swin_config, "swin")),  # as a backbone (AutoBackbone)
     **_both("swinv2", Conversion(expedite_swinv2_config, "swinv2")),

@@ -9,6 +9,7 @@ from .dpt import ExpeditedDPTConfig, ExpeditedDPTForDepthEstimation, ExpeditedDP
 from .dpt import ExpeditedDPTModel
 from .dinov2 import ExpeditedDinov2Backbone, ExpeditedDinov2Config
 from .dinov2 import ExpeditedDinov2WithRegistersBackbone, ExpeditedDinov2WithRegistersConfig
+from .dinov3 import ExpeditedDINOv3ViTBackbone, ExpeditedDINOv3ViTConfig, ExpeditedDINOv3ViTModel
 from .swin import ExpeditedSwinBackbone, ExpeditedSwinConfig
 from .swinv2 import ExpeditedSwinv2Backbone, ExpeditedSwinv2Config, ExpeditedSwinv2Model
 from .depth_anything import ExpeditedDepthAnythingConfig, ExpeditedDepthAnythingForDepthEstimation
@@ -30,6 +31,9 @@ __all__ = [
     "ExpeditedDinov2Config",
     "ExpeditedDinov2WithRegistersBackbone",
     "ExpeditedDinov2WithRegistersConfig",
+    "ExpeditedDINOv3ViTBackbone",
+    "ExpeditedDINOv3ViTConfig",
+    "ExpeditedDINOv3ViTModel",
     "ExpeditedSwinBackbone",
     "ExpeditedSwinConfig",
     "ExpeditedSwinv2Backbone",

@@ -36,6 +36,7 @@ PRESETS: dict[str, dict[str, Preset]] = {
     "eomt": vit.EOMT_PRESETS,
     "dpt": dpt.PRESETS,
     "dinov2": dinov2.PRESETS,
+    "dinov3_vit": dinov2.PRESETS,  # the same scaled DPT default
     **{"swin": swin.SWIN, "swinv2": swin.SWINV2, "mask2former": swin.MASK2FORMER, "upernet": swin.UPERNET},
 }
 
