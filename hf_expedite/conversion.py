@@ -32,7 +32,7 @@ from .models.dinov2 import expedite_dinov2_config
 from .models.dinov3 import expedite_dinov3_vit_config
 from .models.depth_anything import expedite_depth_anything_config
 from .models.dpt import expedite_dpt_config, uses_backbone_config
-from .models.eomt import expedite_eomt_config
+from .models.eomt import expedite_eomt_config, expedite_eomt_dinov3_config
 from .models.mask2former import expedite_mask2former_config
 from .models.swin import expedite_swin_config
 from .models.swinv2 import expedite_swinv2_config, is_swinv2_family
@@ -84,6 +84,7 @@ CONVERSIONS: dict[str, Conversion] = {
     **_both("swinv2", Conversion(expedite_swinv2_config, "swinv2")),
     **_both("mask2former", Conversion(expedite_mask2former_config, "mask2former")),  # settings on its Swin backbone
     **_both("eomt", Conversion(expedite_eomt_config, "eomt")),
+    **_both("eomt_dinov3", Conversion(expedite_eomt_dinov3_config, "eomt")),
     **_both("upernet", Conversion(expedite_upernet_config, "upernet")),  # settings on its Swin backbone
 }
 """Supported ``model_type`` (vanilla and expedited) -> conversion. The one place an architecture is wired in."""

@@ -1,4 +1,4 @@
-"""Expedited EoMT: the hub layout, parity with expedite off and with the identity setting, vanilla output shapes,
+"""Expedited EoMT and EoMT-DINOv3 (every test runs on both): the hub layout, parity with expedite off and with the identity setting, vanilla output shapes,
 where clustering and reconstruction may go, Auto loading, save/reload, training, post-processing and the
 image-segmentation pipeline on real photographs."""
 
@@ -9,12 +9,23 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from skimage import data as photos
-from transformers import EomtConfig, EomtForUniversalSegmentation, pipeline
+from transformers import (
+    EomtConfig,
+    EomtDinov3Config,
+    EomtDinov3ForUniversalSegmentation,
+    EomtForUniversalSegmentation,
+    pipeline,
+)
 from transformers.models.eomt.image_processing_pil_eomt import EomtImageProcessorPil
 
 import hf_expedite
-from hf_expedite import ExpeditedEomtConfig, ExpeditedEomtForUniversalSegmentation
-from hf_expedite.models.eomt import expedite_eomt_config
+from hf_expedite import (
+    ExpeditedEomtConfig,
+    ExpeditedEomtDinov3Config,
+    ExpeditedEomtDinov3ForUniversalSegmentation,
+    ExpeditedEomtForUniversalSegmentation,
+)
+from hf_expedite.models.eomt import expedite_eomt_config, expedite_eomt_dinov3_config
 
 # 64x64 inputs, 8x8 patches -> an 8x8 token grid; 6 blocks, the last 2 with the 5 queries; CLS + 2 registers.
 TINY = dict(
@@ -32,20 +43,37 @@ TINY = dict(
 SETTINGS = dict(clustering_location=1, num_clusters=[4, 4], reconstruction_k=4)
 IDENTITY = dict(clustering_location=1, num_clusters=[8, 8], clustering_iterations=0, reconstruction_k=1)
 PREFIX = 3  # CLS + registers
+VARIANTS = {  # vanilla config, vanilla model, expedited config, expedited model, config conversion
+    "eomt": (EomtConfig, EomtForUniversalSegmentation, ExpeditedEomtConfig, ExpeditedEomtForUniversalSegmentation,
+             expedite_eomt_config),
+    "eomt_dinov3": (EomtDinov3Config, EomtDinov3ForUniversalSegmentation, ExpeditedEomtDinov3Config,
+                    ExpeditedEomtDinov3ForUniversalSegmentation, expedite_eomt_dinov3_config),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def variant(request):
+    return VARIANTS[request.param]
 
 
 @pytest.fixture(scope="module")
-def eomt_repo(tmp_path_factory):
+def eomt_repo(tmp_path_factory, variant):
+    vanilla_config, vanilla_class = variant[:2]
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("eomt")
-    EomtForUniversalSegmentation(EomtConfig(**TINY)).save_pretrained(path)
+    path = tmp_path_factory.mktemp(vanilla_config.model_type)
+    vanilla_class(vanilla_config(**TINY)).save_pretrained(path)
     EomtImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 64}, do_pad=True).save_pretrained(path)
     return path
 
 
 @pytest.fixture(scope="module")
-def vanilla(eomt_repo):
-    return EomtForUniversalSegmentation.from_pretrained(eomt_repo, attn_implementation="eager").eval()
+def vanilla(eomt_repo, variant):
+    return variant[1].from_pretrained(eomt_repo, attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="module")
+def expedited_class(variant):
+    return variant[3]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +86,9 @@ def images():
 
 
 def load(repo, **settings):
-    return ExpeditedEomtForUniversalSegmentation.from_pretrained(repo, attn_implementation="eager", **settings).eval()
+    """The expedited class of the checkpoint's variant (settings such as expedite=False go to its config)."""
+    expedited_class = VARIANTS[json.loads((repo / "config.json").read_text())["model_type"]][3]
+    return expedited_class.from_pretrained(repo, attn_implementation="eager", **settings).eval()
 
 
 def forward(model, inputs, **kwargs):
@@ -66,14 +96,15 @@ def forward(model, inputs, **kwargs):
         return model(pixel_values=inputs["pixel_values"], **kwargs)
 
 
-def test_hub_layout_loads_with_an_empty_report(eomt_repo):
-    model, info = ExpeditedEomtForUniversalSegmentation.from_pretrained(eomt_repo, output_loading_info=True, **SETTINGS)
+def test_hub_layout_loads_with_an_empty_report(eomt_repo, variant):
+    _, vanilla_class, config_class, expedited_class, _ = variant
+    model, info = expedited_class.from_pretrained(eomt_repo, output_loading_info=True, **SETTINGS)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert isinstance(model.config, ExpeditedEomtConfig) and model.config.clustering_location == 1
+    assert isinstance(model.config, config_class) and model.config.clustering_location == 1
     auto = hf_expedite.AutoModelForUniversalSegmentation.from_pretrained(eomt_repo, expedite=True)
-    assert type(auto) is ExpeditedEomtForUniversalSegmentation and auto.config.expedite
+    assert type(auto) is expedited_class and auto.config.expedite
     plain = hf_expedite.AutoModelForUniversalSegmentation.from_pretrained(eomt_repo, expedite=False)
-    assert type(plain) is EomtForUniversalSegmentation
+    assert type(plain) is vanilla_class
 
 
 def test_expedite_false_is_bit_identical(eomt_repo, vanilla, processor):
@@ -119,18 +150,19 @@ def test_reconstruction_before_the_last_plain_block(eomt_repo, vanilla, processo
     assert not torch.allclose(early.hidden_states[3], late.hidden_states[3])  # block 3 then ran on all tokens
 
 
-def test_settings_must_stay_in_the_plain_blocks():
+def test_settings_must_stay_in_the_plain_blocks(variant):
+    vanilla_config, _, config_class, _, convert = variant
     with pytest.raises(ValueError, match="clustering_location=4.*plain blocks.*0..3"):
-        ExpeditedEomtConfig(**TINY, clustering_location=4)
+        config_class(**TINY, clustering_location=4)
     with pytest.raises(ValueError, match="reconstruction_location=5.*2..4"):
-        ExpeditedEomtConfig(**TINY, clustering_location=1, reconstruction_location=5)
-    default = ExpeditedEomtConfig(**TINY)  # the ViT default: after 5/12 of the 6 blocks (2), 70% per side
+        config_class(**TINY, clustering_location=1, reconstruction_location=5)
+    default = config_class(**TINY)  # the ViT default: after 5/12 of the 6 blocks (2), 70% per side
     assert (default.clustering_location, default.cluster_ratio) == (2, 0.7)
-    large = ExpeditedEomtConfig(num_hidden_layers=24, num_blocks=4)  # EoMT-L: Segmenter ViT-L's alpha 10
+    large = config_class(num_hidden_layers=24, num_blocks=4)  # EoMT-L: Segmenter ViT-L's alpha 10
     assert large.clustering_location == 10
-    with pytest.raises(ValueError, match="Eomt config"):
-        expedite_eomt_config(hf_expedite.ExpeditedViTConfig())
-    assert not expedite_eomt_config(EomtConfig(**TINY), expedite=False).expedite
+    with pytest.raises(ValueError, match="config \\(model_type 'eomt"):
+        convert(hf_expedite.ExpeditedViTConfig())
+    assert not convert(vanilla_config(**TINY), expedite=False).expedite
 
 
 def test_post_processing_and_pipeline_on_photographs(eomt_repo, processor):
@@ -153,8 +185,8 @@ def test_post_processing_and_pipeline_on_photographs(eomt_repo, processor):
         assert all(segment["mask"].size == pictures[0].size for segment in segments)
 
 
-def test_training_loss(eomt_repo, processor):
-    model = ExpeditedEomtForUniversalSegmentation.from_pretrained(eomt_repo, **SETTINGS).train()
+def test_training_loss(eomt_repo, processor, expedited_class):
+    model = expedited_class.from_pretrained(eomt_repo, **SETTINGS).train()
     pixel_values = processor(images(), return_tensors="pt")["pixel_values"]
     masks = [torch.zeros(1, 64, 64), torch.ones(1, 64, 64)]
     masks[0][:, :32] = 1
@@ -163,15 +195,15 @@ def test_training_loss(eomt_repo, processor):
     assert torch.isfinite(loss) and model.query.weight.grad is not None
 
 
-def test_save_writes_the_hub_layout_and_reloads_expedited(eomt_repo, processor, tmp_path):
+def test_save_writes_the_hub_layout_and_reloads_expedited(eomt_repo, processor, tmp_path, variant):
     model = load(eomt_repo, **SETTINGS)
     model.save_pretrained(tmp_path)
     assert set(load_file(tmp_path / "model.safetensors")) == set(load_file(eomt_repo / "model.safetensors"))
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["model_type"] == "expedited_eomt" and saved["num_clusters"] == [4, 4]
+    assert saved["model_type"] == variant[2].model_type and saved["num_clusters"] == [4, 4]
     reloaded = hf_expedite.AutoModelForUniversalSegmentation.from_pretrained(str(tmp_path), attn_implementation="eager")
-    assert type(reloaded) is ExpeditedEomtForUniversalSegmentation
+    assert type(reloaded) is variant[3]
     inputs = processor(images()[:1], return_tensors="pt")
     assert torch.equal(forward(reloaded.eval(), inputs).masks_queries_logits, forward(model, inputs).masks_queries_logits)
-    info = EomtForUniversalSegmentation.from_pretrained(tmp_path, output_loading_info=True)[1]
+    info = variant[1].from_pretrained(tmp_path, output_loading_info=True)[1]
     assert not info["missing_keys"] and not info["unexpected_keys"]  # the vanilla class reads the weights

@@ -15,6 +15,7 @@ from .swinv2 import ExpeditedSwinv2Backbone, ExpeditedSwinv2Config, ExpeditedSwi
 from .depth_anything import ExpeditedDepthAnythingConfig, ExpeditedDepthAnythingForDepthEstimation
 from .mask2former import ExpeditedMask2FormerConfig, ExpeditedMask2FormerForUniversalSegmentation
 from .eomt import ExpeditedEomtConfig, ExpeditedEomtForUniversalSegmentation
+from .eomt import ExpeditedEomtDinov3Config, ExpeditedEomtDinov3ForUniversalSegmentation
 from .upernet import ExpeditedUperNetConfig, ExpeditedUperNetForSemanticSegmentation
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "ExpeditedMask2FormerForUniversalSegmentation",
     "ExpeditedEomtConfig",
     "ExpeditedEomtForUniversalSegmentation",
+    "ExpeditedEomtDinov3Config",
+    "ExpeditedEomtDinov3ForUniversalSegmentation",
     "ExpeditedUperNetConfig",
     "ExpeditedUperNetForSemanticSegmentation",
 ]
