@@ -28,6 +28,7 @@ from .auto import (  # noqa: E402
     AutoModel,
     AutoModelForDepthEstimation,
     AutoModelForImageClassification,
+    AutoModelForMaskGeneration,
     AutoModelForSemanticSegmentation,
     AutoModelForUniversalSegmentation,
 )
@@ -40,6 +41,7 @@ __all__ += [
     "AutoModel",
     "AutoModelForDepthEstimation",
     "AutoModelForImageClassification",
+    "AutoModelForMaskGeneration",
     "AutoModelForSemanticSegmentation",
     "AutoModelForUniversalSegmentation",
     "Calibration",

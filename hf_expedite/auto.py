@@ -49,6 +49,7 @@ SHADOWED = (
     "AutoModelForDepthEstimation",
     "AutoModelForSemanticSegmentation",
     "AutoModelForUniversalSegmentation",
+    "AutoModelForMaskGeneration",
     "AutoBackbone",
 )
 """The transformers Auto classes that ``hf_expedite`` shadows."""
@@ -182,6 +183,7 @@ AutoModelForImageClassification = _shadow("AutoModelForImageClassification")
 AutoModelForDepthEstimation = _shadow("AutoModelForDepthEstimation")
 AutoModelForSemanticSegmentation = _shadow("AutoModelForSemanticSegmentation")
 AutoModelForUniversalSegmentation = _shadow("AutoModelForUniversalSegmentation")
+AutoModelForMaskGeneration = _shadow("AutoModelForMaskGeneration")
 AutoBackbone = _shadow("AutoBackbone")
 
 AUTO_CLASSES: dict[str, type] = {
@@ -192,6 +194,7 @@ AUTO_CLASSES: dict[str, type] = {
         AutoModelForDepthEstimation,
         AutoModelForSemanticSegmentation,
         AutoModelForUniversalSegmentation,
+        AutoModelForMaskGeneration,
         AutoBackbone,
     )
 }

@@ -34,6 +34,7 @@ from .models.depth_anything import expedite_depth_anything_config
 from .models.dpt import expedite_dpt_config, uses_backbone_config
 from .models.eomt import expedite_eomt_config, expedite_eomt_dinov3_config
 from .models.mask2former import expedite_mask2former_config
+from .models.sam import expedite_sam_config, expedite_sam_vision_config
 from .models.swin import expedite_swin_config
 from .models.swinv2 import expedite_swinv2_config, is_swinv2_family
 from .models.upernet import expedite_upernet_config
@@ -85,6 +86,9 @@ CONVERSIONS: dict[str, Conversion] = {
     **_both("mask2former", Conversion(expedite_mask2former_config, "mask2former")),  # settings on its Swin backbone
     **_both("eomt", Conversion(expedite_eomt_config, "eomt")),
     **_both("eomt_dinov3", Conversion(expedite_eomt_dinov3_config, "eomt")),
+    **_both("sam", Conversion(expedite_sam_config, "sam")),  # settings on its vision config
+    "sam_vision_model": Conversion(expedite_sam_vision_config, "sam"),
+    "expedited_sam_vision_model": Conversion(expedite_sam_vision_config, "sam"),
     **_both("upernet", Conversion(expedite_upernet_config, "upernet")),  # settings on its Swin backbone
 }
 """Supported ``model_type`` (vanilla and expedited) -> conversion. The one place an architecture is wired in."""
@@ -116,12 +120,19 @@ def conversion_for(config: PreTrainedConfig) -> Conversion:
     return conversion
 
 
+SETTINGS_SUB_CONFIGS = ("backbone_config", "vision_config")
+"""Sub-configs that hold the Expedite settings of a composite model (Mask2Former, UperNet, Depth Anything: the
+backbone; SAM: the vision encoder)."""
+
+
 def settings_holder(config: PreTrainedConfig) -> ExpediteSettings | None:
-    """The config whose Expedite settings the model runs with: an expedited ``backbone_config`` (Mask2Former, Depth
-    Anything, DPT with a DINOv2 or Swinv2 backbone) or else ``config`` itself; None for a vanilla config."""
-    backbone = getattr(config, "backbone_config", None)
-    if isinstance(backbone, ExpediteSettings):
-        return backbone
+    """The config whose Expedite settings the model runs with: an expedited ``backbone_config`` (Mask2Former, UperNet,
+    Depth Anything, DPT with a DINOv2 or Swinv2 backbone) or ``vision_config`` (SAM), else ``config`` itself; None for
+    a vanilla config."""
+    for key in SETTINGS_SUB_CONFIGS:
+        sub_config = getattr(config, key, None)
+        if isinstance(sub_config, ExpediteSettings):
+            return sub_config
     return config if isinstance(config, ExpediteSettings) else None
 
 
@@ -209,7 +220,7 @@ def _setting_defaults(holder: ExpediteSettings) -> dict[str, Any]:
 
 
 class _WithSettings:
-    """Read-only view of a config (and of its ``backbone_config``) with some settings replaced, for presets that
+    """Read-only view of a config (and of its settings-holding sub-config) with some settings replaced, for presets that
     depend on settings already chosen (e.g. the Swin default keeps the stage of a requested ``clustering_location``)."""
 
     def __init__(self, config: Any, settings: Mapping[str, Any]):
@@ -219,7 +230,7 @@ class _WithSettings:
         if name in self._settings:
             return self._settings[name]
         value = getattr(self._config, name)
-        return _WithSettings(value, self._settings) if name == "backbone_config" and value is not None else value
+        return _WithSettings(value, self._settings) if name in SETTINGS_SUB_CONFIGS and value is not None else value
 
 
 def _resolved_settings(config: PreTrainedConfig, request: ExpediteRequest, family: str) -> dict[str, Any]:

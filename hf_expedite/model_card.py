@@ -62,6 +62,7 @@ PIPELINE_TAGS = {
     "AutoModelForDepthEstimation": "depth-estimation",
     "AutoModelForSemanticSegmentation": "image-segmentation",
     "AutoModelForUniversalSegmentation": "image-segmentation",
+    "AutoModelForMaskGeneration": "mask-generation",
     "AutoModel": "image-feature-extraction",
     "AutoBackbone": "image-feature-extraction",
 }

@@ -78,38 +78,40 @@ def stage_windows(config: Any, clamp_to_image: bool = False) -> list[int]:
 
 
 def finalize_windowed_settings(config: WindowedExpediteSettings, architecture: str, windows: Sequence[int]) -> None:
-    """Fill a windowed config's unset settings from the ``default`` preset and validate them (``ValueError``).
+    """Fill a Swin config's unset settings from the ``default`` preset and validate them (``ValueError``)."""
+    fill_windowed_settings(config, architecture)
+    validate_when_expedited(config, lambda: checked_span(config, windows))
+
+
+def fill_windowed_settings(config: WindowedExpediteSettings, architecture: str) -> None:
+    """Fill a windowed config's unset settings from the architecture's ``default`` preset.
 
     ``num_clusters`` is the per-window cluster grid, always ``[k, k]`` with k = ``clustered_window_size`` (setting
-    ``num_clusters`` alone chooses k); ``cluster_ratio`` does not apply to fixed-size windows.
+    ``num_clusters`` alone chooses k); ``cluster_ratio`` does not apply to fixed-size windows (``ValueError``).
     """
     from .presets import get_preset  # presets resolve against configs: import at call time, as settings does
 
     if config.cluster_ratio is not None:
         raise ValueError(
-            f"Invalid Expedite setting `cluster_ratio={config.cluster_ratio!r}`: Swin clusters every attention window "
-            "to a fixed grid; set `clustered_window_size` (the window after clustering) instead."
+            f"Invalid Expedite setting `cluster_ratio={config.cluster_ratio!r}`: this model clusters every attention "
+            "window to a fixed grid; set `clustered_window_size` (the window after clustering) instead."
         )
     if config.num_clusters is not None:
         grid = list(config.num_clusters)
         if len(grid) != 2 or grid[0] != grid[1] or config.clustered_window_size not in (None, grid[0]):
             raise ValueError(
-                f"Invalid Expedite setting `num_clusters={grid}`: for Swin it is the per-window cluster grid [k, k] "
-                f"with k = clustered_window_size ({config.clustered_window_size}); set `clustered_window_size` alone."
+                f"Invalid Expedite setting `num_clusters={grid}`: for windowed attention it is the per-window cluster "
+                f"grid [k, k] with k = clustered_window_size ({config.clustered_window_size}); set "
+                "`clustered_window_size` alone."
             )
         config.clustered_window_size = grid[0]
     fill_defaults(config, get_preset(architecture, "default").resolve(config))
     if is_int(config.clustered_window_size):
         config.num_clusters = [config.clustered_window_size, config.clustered_window_size]
-    validate_when_expedited(config, lambda: checked_span(config, windows))
 
 
-def checked_span(config: WindowedExpediteSettings, windows: Sequence[int]) -> ClusteredSpan:
-    """Validate a windowed config's settings (``ValueError``) and return its clustered span.
-
-    The models call it as they read the settings, which may have been changed on the config after it was built.
-    ``windows`` is the attention window per stage (:func:`stage_windows`).
-    """
+def check_clustered_window(config: WindowedExpediteSettings) -> None:
+    """``clustered_window_size`` is a positive integer and ``num_clusters`` is ``[k, k]`` with it (``ValueError``)."""
     clustered = config.clustered_window_size
     if not is_int(clustered) or clustered < 1:
         raise ValueError(
@@ -118,12 +120,22 @@ def checked_span(config: WindowedExpediteSettings, windows: Sequence[int]) -> Cl
         )
     if list(config.num_clusters or ()) != [clustered, clustered]:
         raise ValueError(
-            f"Invalid Expedite setting `num_clusters={config.num_clusters!r}`: for Swin it is the per-window cluster "
-            f"grid [k, k] with k = clustered_window_size ({clustered}); after changing one on a built config, set the "
-            "other to match (or build the config again with `clustered_window_size` alone)."
+            f"Invalid Expedite setting `num_clusters={config.num_clusters!r}`: for windowed attention it is the "
+            f"per-window cluster grid [k, k] with k = clustered_window_size ({clustered}); after changing one on a "
+            "built config, set the other to match (or build the config again with `clustered_window_size` alone)."
         )
+
+
+def checked_span(config: WindowedExpediteSettings, windows: Sequence[int]) -> ClusteredSpan:
+    """Validate a windowed config's settings (``ValueError``) and return its clustered span.
+
+    The models call it as they read the settings, which may have been changed on the config after it was built.
+    ``windows`` is the attention window per stage (:func:`stage_windows`).
+    """
+    check_clustered_window(config)
     validate_settings(config, sum(config.depths), "Swin blocks (counted over all stages)")
     span = clustered_span(config.depths, config.clustering_location, config.reconstruction_location)
+    clustered = config.clustered_window_size
     if clustered > windows[span.stage]:
         raise ValueError(
             f"Invalid Expedite setting `clustered_window_size={clustered!r}`: the attention window after clustering "

@@ -1,6 +1,6 @@
-"""Expedited EoMT and EoMT-DINOv3 (every test runs on both): the hub layout, parity with expedite off and with the identity setting, vanilla output shapes,
-where clustering and reconstruction may go, Auto loading, save/reload, training, post-processing and the
-image-segmentation pipeline on real photographs."""
+"""Expedited EoMT and EoMT-DINOv3 (every test runs on both): the hub layout, parity with expedite off and with the
+identity setting, vanilla output shapes, where clustering and reconstruction may go, Auto loading, save/reload,
+training, post-processing and the image-segmentation pipeline on real photographs."""
 
 import json
 
@@ -204,6 +204,7 @@ def test_save_writes_the_hub_layout_and_reloads_expedited(eomt_repo, processor, 
     reloaded = hf_expedite.AutoModelForUniversalSegmentation.from_pretrained(str(tmp_path), attn_implementation="eager")
     assert type(reloaded) is variant[3]
     inputs = processor(images()[:1], return_tensors="pt")
-    assert torch.equal(forward(reloaded.eval(), inputs).masks_queries_logits, forward(model, inputs).masks_queries_logits)
+    expected = forward(model, inputs).masks_queries_logits
+    assert torch.equal(forward(reloaded.eval(), inputs).masks_queries_logits, expected)
     info = variant[1].from_pretrained(tmp_path, output_loading_info=True)[1]
     assert not info["missing_keys"] and not info["unexpected_keys"]  # the vanilla class reads the weights

@@ -16,6 +16,7 @@ from .depth_anything import ExpeditedDepthAnythingConfig, ExpeditedDepthAnything
 from .mask2former import ExpeditedMask2FormerConfig, ExpeditedMask2FormerForUniversalSegmentation
 from .eomt import ExpeditedEomtConfig, ExpeditedEomtForUniversalSegmentation
 from .eomt import ExpeditedEomtDinov3Config, ExpeditedEomtDinov3ForUniversalSegmentation
+from .sam import ExpeditedSamConfig, ExpeditedSamModel, ExpeditedSamVisionConfig, ExpeditedSamVisionModel
 from .upernet import ExpeditedUperNetConfig, ExpeditedUperNetForSemanticSegmentation
 
 __all__ = [
@@ -46,6 +47,10 @@ __all__ = [
     "ExpeditedEomtForUniversalSegmentation",
     "ExpeditedEomtDinov3Config",
     "ExpeditedEomtDinov3ForUniversalSegmentation",
+    "ExpeditedSamConfig",
+    "ExpeditedSamModel",
+    "ExpeditedSamVisionConfig",
+    "ExpeditedSamVisionModel",
     "ExpeditedUperNetConfig",
     "ExpeditedUperNetForSemanticSegmentation",
 ]

@@ -129,7 +129,8 @@ class _ExpeditedEomtMixin(EagerCaptureHooksMixin):
             )  # fmt: skip
 
         def call_plain_block(layer: torch.nn.Module, states: torch.Tensor) -> torch.Tensor:
-            return self._run_layer(layer, states, None, positions if states.shape[1] == full_length else cluster_positions)
+            at = positions if states.shape[1] == full_length else cluster_positions
+            return self._run_layer(layer, states, None, at)
 
         asked = kwargs.get("output_hidden_states", config.output_hidden_states)
         hidden_states = run_expedited_layers(
@@ -151,6 +152,7 @@ class _ExpeditedEomtMixin(EagerCaptureHooksMixin):
                 queries = self.query.weight[None].expand(hidden_states.shape[0], -1, -1).to(hidden_states.device)
                 hidden_states = torch.cat((queries, hidden_states), dim=1)
             if self.training or self.attn_mask_probs[block] > 0:
+                attention_mask = None  # freed before the next one is built (a (B, heads, T, T) float each)
                 masks, classes = self.predict(self.layernorm(hidden_states))
                 masks_per_layer.append(masks)
                 classes_per_layer.append(classes)

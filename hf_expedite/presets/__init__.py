@@ -30,10 +30,12 @@ class Preset:
 from . import vit  # noqa: E402
 from . import dinov2, dpt  # noqa: E402
 from . import swin  # noqa: E402
+from . import sam  # noqa: E402
 
 PRESETS: dict[str, dict[str, Preset]] = {
     "vit": vit.PRESETS,
     "eomt": vit.EOMT_PRESETS,
+    "sam": sam.PRESETS,
     "dpt": dpt.PRESETS,
     "dinov2": dinov2.PRESETS,
     "dinov3_vit": dinov2.PRESETS,  # the same scaled DPT default
