@@ -202,12 +202,13 @@ AUTO_CLASSES: dict[str, type] = {
 
 def auto_class_for(config: PreTrainedConfig) -> type:
     """The shadow Auto class that loads ``config``'s saved architecture (named by ``config.architectures``; the
-    vanilla name counts for its expedited subclass).
+    vanilla name counts for its expedited subclass). Task classes come before :class:`AutoModel`, which also maps
+    some task models (``SamModel``: mask generation).
 
     Falls back to :class:`AutoModel` when the config names no architecture or one no shadow class maps to.
     """
     wanted = set(config.architectures or [])
-    for auto_class in AUTO_CLASSES.values():
+    for auto_class in sorted(AUTO_CLASSES.values(), key=lambda auto_class: auto_class is AutoModel):
         model_class = auto_class._model_mapping.get(type(config), None)
         if model_class is not None and {model_class.__name__, vanilla_class(model_class).__name__} & wanted:
             return auto_class

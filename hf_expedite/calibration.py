@@ -148,9 +148,10 @@ def relative_difference(reference: Any, outputs: Any) -> float:
 
 def num_blocks(config: Any) -> int:
     """The number of blocks clustering locations count in for ``config`` (vanilla or expedited): the encoder's, or a
-    backbone's (Depth Anything, DPT-DINOv2), over all stages for Swin-style models."""
+    backbone's or vision encoder's (Depth Anything, DPT-DINOv2, SAM), over all stages for Swin-style models."""
     holder = settings_holder(expedite_config(config, True))
-    return sum(holder.depths) if isinstance(holder, WindowedExpediteSettings) else holder.num_hidden_layers
+    depths = getattr(holder, "depths", None)
+    return sum(depths) if depths is not None else holder.num_hidden_layers
 
 
 def _grid_choices(holder: Any) -> list[dict[str, Any]]:

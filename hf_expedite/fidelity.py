@@ -3,13 +3,15 @@
 No labelled dataset is needed: the vanilla model's prediction is the reference. For depth, the Pearson correlation
 and the relative L1 difference of the depth maps; for semantic segmentation, the pixel agreement and the mean IoU
 of the expedited labels against the vanilla labels; for panoptic segmentation, the pixel agreement of the class maps
-and the panoptic quality against the vanilla segments. Forward passes are timed as well, so that settings can be
+and the panoptic quality against the vanilla segments; for promptable mask generation (SAM), the IoU of the masks
+both models predict for the same grid of point prompts. Forward passes are timed as well, so that settings can be
 chosen from agreement and speed before any labelled evaluation (:func:`fidelity_reports` compares several expedited
 models with one vanilla pass).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-Task = Literal["depth", "semantic", "panoptic"]
-TASKS: tuple[str, ...] = ("depth", "semantic", "panoptic")
+Task = Literal["depth", "semantic", "panoptic", "masks"]
+TASKS: tuple[str, ...] = ("depth", "semantic", "panoptic", "masks")
+POINTS_PER_SIDE = 4
+"""Point prompts per image side for the ``"masks"`` task: a 4 x 4 grid of single-point prompts, one mask each."""
 
 
 def _check_task(task: str) -> None:
@@ -28,10 +32,28 @@ def _check_task(task: str) -> None:
         raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}.")
 
 
-def _inputs(model: torch.nn.Module, processor: Any, image: Image.Image) -> Any:
-    """``processor(image)`` on the model's device, floating inputs in the model's dtype."""
+def _inputs(model: torch.nn.Module, processor: Any, image: Image.Image, task: Task) -> Any:
+    """``processor(image)`` on the model's device, floating inputs in the model's dtype; for ``"masks"``, the pixel
+    values and a grid of single-point prompts (:func:`point_grid`)."""
     parameter = next(model.parameters())
-    return processor(images=image, return_tensors="pt").to(device=parameter.device, dtype=parameter.dtype)
+    inputs = processor(images=image, return_tensors="pt")
+    if task == "masks":
+        points, labels = point_grid(inputs["reshaped_input_sizes"][0])
+        inputs = {"pixel_values": inputs["pixel_values"], "input_points": points, "input_labels": labels,
+                  "multimask_output": False}  # fmt: skip
+        return {k: v.to(device=parameter.device, dtype=parameter.dtype if v.is_floating_point() else v.dtype)
+                if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}  # fmt: skip
+    return inputs.to(device=parameter.device, dtype=parameter.dtype)
+
+
+def point_grid(input_size: torch.Tensor, per_side: int = POINTS_PER_SIDE) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, per_side**2, 1, 2)`` (x, y) point prompts at the centres of a ``per_side`` x ``per_side`` grid over the
+    resized image (``input_size`` = its (height, width), the frame SAM's prompts live in), and their labels (1)."""
+    height, width = (float(side) for side in input_size)
+    centres = (torch.arange(per_side, dtype=torch.float32) + 0.5) / per_side
+    ys, xs = torch.meshgrid(centres * height, centres * width, indexing="ij")
+    points = torch.stack([xs.flatten(), ys.flatten()], dim=-1)[None, :, None]
+    return points, torch.ones(points.shape[:3], dtype=torch.long)
 
 
 def _post_process(
@@ -45,8 +67,16 @@ def _post_process(
         return depth.float().cpu().numpy()
     if task == "semantic":
         return processor.post_process_semantic_segmentation(outputs, target_sizes=size, **kwargs)[0].cpu().numpy()
+    if task == "masks":  # one mask per point prompt, at the image's size
+        resized = processor(images=image, return_tensors="pt")["reshaped_input_sizes"]
+        masks = processor.post_process_masks(outputs.pred_masks.float().cpu(), torch.tensor(size), resized, **kwargs)
+        return masks[0][:, 0].numpy()
+    method = processor.post_process_panoptic_segmentation
     kwargs.setdefault("label_ids_to_fuse", set())
-    result = processor.post_process_panoptic_segmentation(outputs, target_sizes=size, **kwargs)[0]
+    parameters = inspect.signature(method).parameters
+    if "label_ids_to_fuse" not in parameters and "stuff_classes" in parameters:  # EoMT's name for the fused classes
+        kwargs["stuff_classes"] = sorted(kwargs.pop("label_ids_to_fuse"))
+    result = method(outputs, target_sizes=size, **kwargs)[0]
     return result["segmentation"].cpu().numpy().astype(np.int64), result["segments_info"]
 
 
@@ -60,12 +90,12 @@ def predict(
 ) -> Any:
     """One image through ``processor`` -> ``model`` -> the processor's post-processing at the image's size.
 
-    Returns a depth map (``float32`` array), a label map (``int64`` array), or a panoptic ``(segment_ids,
-    segments_info)`` pair. ``post_processing`` holds extra post-processing kwargs (e.g. a panoptic ``threshold``;
+    Returns a depth map (``float32`` array), a label map (``int64`` array), a panoptic ``(segment_ids,
+    segments_info)`` pair, or the ``(P, H, W)`` boolean masks of the point prompts. ``post_processing`` holds extra post-processing kwargs (e.g. a panoptic ``threshold``;
     panoptic ``label_ids_to_fuse`` defaults to none).
     """
     _check_task(task)
-    return _post_process(processor, model(**_inputs(model, processor, image)), image, task, post_processing)
+    return _post_process(processor, model(**_inputs(model, processor, image, task)), image, task, post_processing)
 
 
 def depth_agreement(vanilla: np.ndarray, expedited: np.ndarray) -> dict[str, float]:
@@ -81,6 +111,15 @@ def depth_agreement(vanilla: np.ndarray, expedited: np.ndarray) -> dict[str, flo
 def label_agreement(vanilla: np.ndarray, expedited: np.ndarray) -> dict[str, float]:
     """Share of pixels whose label is the vanilla one."""
     return {"pixel_agreement": float(np.mean(vanilla == expedited))}
+
+
+def mask_agreement(vanilla: np.ndarray, expedited: np.ndarray) -> dict[str, float]:
+    """Mean IoU of the ``(P, H, W)`` masks of the same prompts (two empty masks agree: IoU 1), and the share of
+    mask pixels on which they agree."""
+    intersection = np.logical_and(vanilla, expedited).sum(axis=(1, 2))
+    union = np.logical_or(vanilla, expedited).sum(axis=(1, 2))
+    iou = np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+    return {"mask_iou_vs_vanilla": float(iou.mean()), "pixel_agreement": float(np.mean(vanilla == expedited))}
 
 
 def panoptic_classes(segmentation: np.ndarray, segments_info: list[dict[str, Any]]) -> np.ndarray:
@@ -121,10 +160,10 @@ def timed_predictions(
     from .evaluation.runner import timed_forward
 
     _check_task(task)
-    timed_forward(model, _inputs(model, processor, images[0]))
+    timed_forward(model, _inputs(model, processor, images[0], task))
     predictions, seconds = [], 0.0
     for image in images:
-        outputs, elapsed = timed_forward(model, _inputs(model, processor, image))
+        outputs, elapsed = timed_forward(model, _inputs(model, processor, image, task))
         predictions.append(_post_process(processor, outputs, image, task, post_processing))
         seconds += elapsed
     return predictions, seconds
@@ -146,6 +185,8 @@ def compare_predictions(
         per_image = [depth_agreement(reference, output) for reference, output in pairs]
     elif task == "semantic":
         per_image = [label_agreement(reference, output) for reference, output in pairs]
+    elif task == "masks":
+        per_image = [mask_agreement(reference, output) for reference, output in pairs]
     else:
         per_image = [label_agreement(panoptic_classes(*ref), panoptic_classes(*out)) for ref, out in pairs]
     summary = {key: float(np.mean([row[key] for row in per_image])) for key in per_image[0]}
@@ -200,9 +241,13 @@ def fidelity_report(
 
 
 def _as_map(prediction: Any, task: Task) -> np.ndarray:
-    """A 2-D map to show: depth as is, labels as is, panoptic predictions as their class maps."""
+    """A 2-D map to show: depth as is, labels as is, panoptic predictions as their class maps, prompt masks as the
+    index of the first mask covering each pixel (-1 where none)."""
     if task == "panoptic":
         return panoptic_classes(*prediction)
+    if task == "masks":
+        masks = np.asarray(prediction)
+        return np.where(masks.any(axis=0), masks.argmax(axis=0), -1)
     return np.asarray(prediction)
 
 

@@ -223,14 +223,21 @@ class WindowClustering:
 
 
 def cluster_windows(
-    tokens: torch.Tensor, grid: tuple[int, int], window: int, clustered_window: int, config: WindowedExpediteSettings
+    tokens: torch.Tensor,
+    grid: tuple[int, int],
+    window: int,
+    clustered_window: int,
+    config: WindowedExpediteSettings,
+    pad_small_maps: bool = False,
 ) -> tuple[torch.Tensor, WindowClustering]:
     """Cluster every K x K window of a ``(B, H * W, C)`` stage map to k x k tokens; return the clustered map.
 
     The map is zero-padded to multiples of K first; the padding tokens are clustered with the window they fall in.
+    A map smaller than one window is an error unless ``pad_small_maps`` (SAM pads it like any other map; Swin shrinks
+    its window to such a map instead, so clustering K x K windows there would not match the vanilla blocks).
     """
     height, width = grid
-    if height < window or width < window:
+    if not pad_small_maps and (height < window or width < window):
         raise ValueError(
             f"The stage map where Expedite clusters is {height} x {width} tokens, smaller than one {window} x {window} "
             "attention window, so there is nothing to cluster. Use a larger input image, a later-starting "

@@ -11,12 +11,13 @@
 The vanilla model's prediction is the reference. Depth: Pearson correlation and relative L1 difference
 (mean |expedited - vanilla| / mean |vanilla|) of the depth maps. Semantic segmentation: share of pixels with the
 vanilla label and mIoU against the vanilla label maps. Panoptic segmentation: share of pixels with the vanilla class
-and PQ against the vanilla segments. Each row also gives the forward-pass speed-up (vanilla time / expedited time,
+and PQ against the vanilla segments. Mask generation (SAM): mean IoU of the masks both models predict for a 4 x 4
+grid of single-point prompts per image, and their pixel agreement. Each row also gives the forward-pass speed-up (vanilla time / expedited time,
 pre- and post-processing excluded, one warm-up pass per model), so a sweep over several settings (--expedite given
 several times, or --all-presets) shows the speed / fidelity trade-off before any labelled evaluation.
 
-The task follows the checkpoint (depth models: depth; DPT segmentation: semantic; Mask2Former: panoptic, or
---task semantic). Images: files and folders (their image files, not recursive); without --images, the photographs
+The task follows the checkpoint (depth models: depth; DPT segmentation: semantic; Mask2Former, EoMT: panoptic,
+or --task semantic; SAM: masks). Images: files and folders (their image files, not recursive); without --images, the photographs
 bundled with scikit-image. Unreadable files are skipped with a warning. Prints a markdown table; --output-dir also
 writes fidelity.md and fidelity.json (per-image values included) and, per setting and image, a picture
 pictures/<row>-<setting>/<image>.png: input, vanilla, expedited and where they differ.
@@ -48,6 +49,7 @@ TASKS = {  # task -> (what it is, the hf_expedite Auto classes whose models do i
     "depth": ("depth estimation", ("AutoModelForDepthEstimation",)),
     "semantic": ("semantic segmentation", ("AutoModelForSemanticSegmentation", "AutoModelForUniversalSegmentation")),
     "panoptic": ("panoptic segmentation", ("AutoModelForUniversalSegmentation",)),
+    "masks": ("promptable mask generation", ("AutoModelForMaskGeneration",)),
 }
 
 
@@ -91,12 +93,12 @@ def resolve_task(config: Any, task: str, model: str) -> tuple[str, type]:
 
     if task != "auto":
         return task, auto_class_for_task(config, auto_classes(task), TASKS[task][0], model)
-    for name in ("depth", "semantic", "panoptic"):
+    for name in ("depth", "semantic", "panoptic", "masks"):
         try:
             return name, auto_class_for_task(config, auto_classes(name)[:1], "", model)  # the task's own class
         except ValueError:
             continue
-    raise InputError(f"{model} is not a depth estimation, semantic or universal segmentation model.")
+    raise InputError(f"{model} is not a depth estimation, semantic or universal segmentation or mask generation model.")
 
 
 def setting_requests(args: argparse.Namespace, config: Any) -> tuple[dict[str, Any], dict[str, str]]:

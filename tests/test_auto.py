@@ -365,7 +365,53 @@ ARCHITECTURES = {
         WINDOWED,
     ),
     "swinv2": (lambda: transformers.Swinv2Model(_swin(transformers.Swinv2Config)), "AutoModel", WINDOWED),
+    "upernet-swin": (
+        lambda: transformers.UperNetForSemanticSegmentation(
+            transformers.UperNetConfig(backbone_config=_swin(out_features=STAGES), hidden_size=16,
+                                       auxiliary_in_channels=64, num_labels=3)  # fmt: skip
+        ),
+        "AutoModelForSemanticSegmentation",
+        WINDOWED,
+    ),
+    **{
+        name: (
+            lambda config_class=config_class, model_class=model_class: model_class(
+                config_class(**{k: v for k, v in DPT.items() if k in EOMT_SIZES}, num_blocks=1, num_queries=4,
+                             num_register_tokens=2, num_labels=3)  # fmt: skip
+            ),
+            "AutoModelForUniversalSegmentation",
+            {"clustering_location": 1, "num_clusters": [4, 4], "reconstruction_k": 4},
+        )
+        for name, config_class, model_class in (
+            ("eomt", transformers.EomtConfig, transformers.EomtForUniversalSegmentation),
+            ("eomt-dinov3", transformers.EomtDinov3Config, transformers.EomtDinov3ForUniversalSegmentation),
+        )
+    },
+    "dinov3": (
+        lambda: transformers.DINOv3ViTModel(
+            transformers.DINOv3ViTConfig(**{k: v for k, v in DPT.items() if k in EOMT_SIZES}, num_register_tokens=2)
+        ),
+        "AutoModel",
+        {"clustering_location": 2, "num_clusters": [4, 4], "reconstruction_k": 4},
+    ),
+    "sam": (
+        lambda: transformers.SamModel(
+            transformers.SamConfig(
+                vision_config=transformers.SamVisionConfig(
+                    hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=64, patch_size=8,
+                    window_size=3, global_attn_indexes=[2], output_channels=16, num_pos_feats=8,
+                    initializer_range=0.02,
+                ),
+                prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 8, "mask_input_channels": 4},
+                mask_decoder_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                     "mlp_dim": 32, "iou_head_hidden_dim": 16},
+            )  # fmt: skip
+        ),
+        "AutoModelForMaskGeneration",
+        {"clustering_location": 1, "clustered_window_size": 2, "reconstruction_k": 3},
+    ),
 }
+EOMT_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size", "patch_size")
 DPT = dict(
     hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64, patch_size=8,
     backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 8, 8], fusion_hidden_size=8, head_hidden_size=8,

@@ -25,6 +25,7 @@ from hf_expedite import (
     ExpeditedEomtDinov3ForUniversalSegmentation,
     ExpeditedEomtForUniversalSegmentation,
 )
+from hf_expedite.fidelity import fidelity_report
 from hf_expedite.models.eomt import expedite_eomt_config, expedite_eomt_dinov3_config
 
 # 64x64 inputs, 8x8 patches -> an 8x8 token grid; 6 blocks, the last 2 with the 5 queries; CLS + 2 registers.
@@ -208,3 +209,14 @@ def test_save_writes_the_hub_layout_and_reloads_expedited(eomt_repo, processor, 
     assert torch.equal(forward(reloaded.eval(), inputs).masks_queries_logits, expected)
     info = variant[1].from_pretrained(tmp_path, output_loading_info=True)[1]
     assert not info["missing_keys"] and not info["unexpected_keys"]  # the vanilla class reads the weights
+
+
+def test_fidelity_report(eomt_repo, vanilla, processor, expedited_class):
+    """Label-free fidelity on photographs (panoptic: classes per pixel and PQ against the vanilla segments)."""
+    post_processing = {"threshold": 0.0, "label_ids_to_fuse": {3}}  # passed to EoMT as stuff_classes
+    same = expedited_class.from_pretrained(eomt_repo, expedite=False).eval()
+    exact = fidelity_report(vanilla, same, processor, images(), "panoptic", post_processing=post_processing)
+    assert exact.summary["pixel_agreement"] == 1.0 and exact.summary["pq_vs_vanilla"] == 1.0
+    reduced = fidelity_report(vanilla, load(eomt_repo, **SETTINGS), processor, images(), "panoptic",
+                              post_processing=post_processing)  # fmt: skip
+    assert 0.0 <= reduced.summary["pixel_agreement"] <= 1.0 and reduced.summary["pq_vs_vanilla"] <= 1.0

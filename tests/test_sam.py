@@ -2,7 +2,9 @@
 image embeddings and hidden states of the vanilla shapes, prompts (points, boxes) and automatic mask generation on
 real photographs, configs, presets and errors, save/reload."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,11 +17,13 @@ from transformers.models.sam.modeling_sam import SamVisionAttention
 
 import hf_expedite
 from hf_expedite import ExpeditedSamConfig, ExpeditedSamModel, ExpeditedSamVisionConfig, ExpeditedSamVisionModel
+from hf_expedite.fidelity import fidelity_report
 from hf_expedite.models.sam import expedite_sam_config, expedite_sam_vision_config
 from hf_expedite.presets import get_preset
 
 from test_fidelity import seeded_init
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 # 128x128 inputs, 8x8 patches -> a 16x16 token map; window 6: padded to 18, 3x3 windows; global blocks 1 and 3.
 VISION = dict(
     hidden_size=32,
@@ -222,3 +226,39 @@ def test_save_writes_the_hub_layout_and_reloads_expedited(sam_repo, processor, t
     assert torch.equal(encode(reloaded.eval(), processor).last_hidden_state, encode(model, processor).last_hidden_state)
     info = SamModel.from_pretrained(tmp_path, output_loading_info=True)[1]
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_fidelity_report_on_point_prompts(sam_repo, processor, tmp_path):
+    """Label-free fidelity: the masks of a 4x4 grid of point prompts, expedited vs vanilla, through the function and
+    through scripts/fidelity_report.py (task chosen from the checkpoint)."""
+    vanilla = SamModel.from_pretrained(sam_repo).eval()
+    same = ExpeditedSamModel.from_pretrained(sam_repo, expedite=False).eval()
+    exact = fidelity_report(vanilla, same, processor.image_processor, images(), "masks")
+    assert exact.summary == {"mask_iou_vs_vanilla": 1.0, "pixel_agreement": 1.0}
+    reduced = fidelity_report(vanilla, load(sam_repo, **SETTINGS), processor.image_processor, images(), "masks")
+    assert 0.0 < reduced.summary["mask_iou_vs_vanilla"] < 1.0
+    script = importlib.util.spec_from_file_location("fidelity_report_sam", REPO_ROOT / "scripts/fidelity_report.py")
+    module = importlib.util.module_from_spec(script)
+    script.loader.exec_module(module)
+    payload = module.main([str(sam_repo), "--expedite", json.dumps(SETTINGS), "--max-images", "2",
+                           "--output-dir", str(tmp_path)])  # fmt: skip
+    row = payload[json.dumps(SETTINGS)]
+    assert row["summary"]["mask_iou_vs_vanilla"] == pytest.approx(reduced.summary["mask_iou_vs_vanilla"], abs=0.05)
+    assert json.loads((tmp_path / "fidelity.json").read_text())["task"] == "masks"
+    assert len(list((tmp_path / "pictures").rglob("*.png"))) == 2
+
+
+def test_a_map_smaller_than_one_window_is_padded_as_by_vanilla_sam(sam_repo, processor):
+    """A 16x16 token map with window 20: vanilla SAM pads it to one window, and so does clustering (20 -> 8)."""
+    config = sam_config()
+    config.vision_config.window_size = 20
+    torch.manual_seed(0)
+    model = SamModel(config).eval()
+    seeded_init(model)
+    twin = ExpeditedSamModel(expedite_sam_config(config, clustering_location=1, clustered_window_size=8)).eval()
+    twin.load_state_dict(model.state_dict())
+    pixel_values = processor(images=images(), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = model.vision_encoder(pixel_values).last_hidden_state
+        out = twin.vision_encoder(pixel_values, output_attentions=True)
+    assert out.last_hidden_state.shape == expected.shape and torch.isfinite(out.last_hidden_state).all()

@@ -170,7 +170,7 @@ class ExpeditedSamVisionEncoder(EagerCaptureHooksMixin, SamVisionEncoder):
             if index == alpha:
                 tokens = hidden_states.reshape(batch, height * width, channels)
                 reduced, clustering = cluster_windows(
-                    tokens, (height, width), config.window_size, config.clustered_window_size, config
+                    tokens, (height, width), config.window_size, config.clustered_window_size, config, pad_small_maps=True
                 )
                 hidden_states = reduced.reshape(batch, *clustering.reduced_grid, channels)
             if clustering is None:
