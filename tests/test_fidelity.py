@@ -100,10 +100,9 @@ def seeded_init(model: torch.nn.Module) -> None:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
 
 
-def tiny_upernet(path: Path) -> Path:
-    """A random 5-class UperNet on a tiny Swin (64x64 inputs), saved with a PIL image processor."""
-    torch.manual_seed(0)
-    swin = SwinConfig(
+def tiny_swin() -> SwinConfig:
+    """The tiny Swin backbone of the segmentation models here: 64x64 inputs, window 4, all four stages out."""
+    return SwinConfig(
         image_size=64,
         patch_size=4,
         embed_dim=16,
@@ -112,6 +111,12 @@ def tiny_upernet(path: Path) -> Path:
         window_size=4,
         out_features=["stage1", "stage2", "stage3", "stage4"],
     )
+
+
+def tiny_upernet(path: Path) -> Path:
+    """A random 5-class UperNet on a tiny Swin (64x64 inputs), saved with a PIL image processor."""
+    torch.manual_seed(0)
+    swin = tiny_swin()
     config = UperNetConfig(backbone_config=swin, num_labels=5, hidden_size=16, auxiliary_in_channels=64)
     model = UperNetForSemanticSegmentation(config).eval()
     seeded_init(model)
@@ -126,15 +131,7 @@ def tiny_mask2former(path: Path) -> Path:
     """A random 6-class Mask2Former on a tiny Swin; the mask and class heads are amplified so that the random model
     predicts several segments of several classes. Saved with a PIL image processor."""
     torch.manual_seed(0)
-    swin = SwinConfig(
-        image_size=64,
-        patch_size=4,
-        embed_dim=16,
-        depths=[1, 1, 2, 1],
-        num_heads=[1, 1, 2, 2],
-        window_size=4,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
+    swin = tiny_swin()
     config = Mask2FormerConfig(
         backbone_config=swin,
         num_labels=6,

@@ -25,21 +25,10 @@ from hf_expedite import ExpeditedSwinConfig, ExpeditedUperNetConfig, ExpeditedUp
 from hf_expedite.models.swin import ExpeditedSwinBackbone
 from hf_expedite.models.upernet import expedite_upernet_config
 
-# Swin backbone, patch 4, window 4: a 128x192 input gives stage maps 32x48, 16x24, 8x12 (2x3 windows), 4x6.
-BACKBONE = dict(
-    image_size=128,
-    patch_size=4,
-    embed_dim=16,
-    depths=[1, 1, 4, 1],
-    num_heads=[1, 2, 2, 4],
-    window_size=4,
-    drop_path_rate=0.0,
-    out_features=["stage1", "stage2", "stage3", "stage4"],
-)
-LABELS = {0: "cat", 1: "coffee", 2: "person", 3: "rocket", 4: "sky"}
+# Mask2Former's tiny Swin (a 128x192 input: stage 3 is 8x12, 2x3 windows of 4) and its settings.
+from test_mask2former import BACKBONE, IDENTITY, LABELS, SETTINGS
+
 HEAD = dict(hidden_size=16, auxiliary_in_channels=64, auxiliary_channels=8, id2label=LABELS)
-SETTINGS = dict(clustering_location=2, clustered_window_size=3, reconstruction_k=4, clustering_temperature=2.0)
-IDENTITY = dict(clustering_location=3, clustered_window_size=4, clustering_iterations=0, reconstruction_k=1)
 
 
 @pytest.fixture(scope="module")

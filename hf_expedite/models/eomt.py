@@ -58,28 +58,27 @@ def plain_blocks(config: EomtConfig | EomtDinov3Config) -> int:
     return config.num_hidden_layers - config.num_blocks
 
 
+class _PlainBlockSettings(ExpediteSettings):
+    """The Expedite settings of an EoMT config: ``clustering_location`` counts the plain blocks."""
+
+    def __post_init__(self, **kwargs):
+        kwargs.pop("model_type", None)  # a hub config says the vanilla type: it must not shadow ours
+        super().__post_init__(**kwargs)
+        finalize_settings(self, "eomt", plain_blocks(self), PLAIN_BLOCKS_UNIT)
+
+
 @strict
-class ExpeditedEomtConfig(ExpediteSettings, EomtConfig):
+class ExpeditedEomtConfig(_PlainBlockSettings, EomtConfig):
     """``EomtConfig`` plus the Expedite settings (``clustering_location`` counts the plain blocks)."""
 
     model_type = "expedited_eomt"
 
-    def __post_init__(self, **kwargs):
-        kwargs.pop("model_type", None)  # a hub config says "eomt": it must not shadow ours
-        super().__post_init__(**kwargs)
-        finalize_settings(self, "eomt", plain_blocks(self), PLAIN_BLOCKS_UNIT)
-
 
 @strict
-class ExpeditedEomtDinov3Config(ExpediteSettings, EomtDinov3Config):
+class ExpeditedEomtDinov3Config(_PlainBlockSettings, EomtDinov3Config):
     """``EomtDinov3Config`` plus the Expedite settings (``clustering_location`` counts the plain blocks)."""
 
     model_type = "expedited_eomt_dinov3"
-
-    def __post_init__(self, **kwargs):
-        kwargs.pop("model_type", None)  # a hub config says "eomt_dinov3": it must not shadow ours
-        super().__post_init__(**kwargs)
-        finalize_settings(self, "eomt", plain_blocks(self), PLAIN_BLOCKS_UNIT)
 
 
 def expedite_eomt_config(config: EomtConfig, **settings: Any) -> ExpeditedEomtConfig:
