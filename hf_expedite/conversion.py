@@ -34,7 +34,12 @@ from .models.depth_anything import expedite_depth_anything_config
 from .models.dpt import expedite_dpt_config, uses_backbone_config
 from .models.eomt import expedite_eomt_config, expedite_eomt_dinov3_config
 from .models.mask2former import expedite_mask2former_config
-from .models.sam import expedite_sam_config, expedite_sam_vision_config
+from .models.sam import (
+    expedite_sam_config,
+    expedite_sam_hq_config,
+    expedite_sam_hq_vision_config,
+    expedite_sam_vision_config,
+)
 from .models.swin import expedite_swin_config
 from .models.swinv2 import expedite_swinv2_config, is_swinv2_family
 from .models.upernet import expedite_upernet_config
@@ -89,6 +94,9 @@ CONVERSIONS: dict[str, Conversion] = {
     **_both("sam", Conversion(expedite_sam_config, "sam")),  # settings on its vision config
     "sam_vision_model": Conversion(expedite_sam_vision_config, "sam"),
     "expedited_sam_vision_model": Conversion(expedite_sam_vision_config, "sam"),
+    **_both("sam_hq", Conversion(expedite_sam_hq_config, "sam")),
+    "sam_hq_vision_model": Conversion(expedite_sam_hq_vision_config, "sam"),
+    "expedited_sam_hq_vision_model": Conversion(expedite_sam_hq_vision_config, "sam"),
     **_both("upernet", Conversion(expedite_upernet_config, "upernet")),  # settings on its Swin backbone
 }
 """Supported ``model_type`` (vanilla and expedited) -> conversion. The one place an architecture is wired in."""

@@ -394,22 +394,32 @@ ARCHITECTURES = {
         "AutoModel",
         {"clustering_location": 2, "num_clusters": [4, 4], "reconstruction_k": 4},
     ),
-    "sam": (
-        lambda: transformers.SamModel(
-            transformers.SamConfig(
-                vision_config=transformers.SamVisionConfig(
-                    hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=64, patch_size=8,
-                    window_size=3, global_attn_indexes=[2], output_channels=16, num_pos_feats=8,
-                    initializer_range=0.02,
-                ),
-                prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 8, "mask_input_channels": 4},
-                mask_decoder_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                     "mlp_dim": 32, "iou_head_hidden_dim": 16},
-            )  # fmt: skip
-        ),
-        "AutoModelForMaskGeneration",
-        {"clustering_location": 1, "clustered_window_size": 2, "reconstruction_k": 3},
-    ),
+    **{
+        name: (
+            lambda config_class=config_class, vision_class=vision_class, model_class=model_class, extra=extra: (
+                model_class(
+                    config_class(
+                        vision_config=vision_class(
+                            hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=64, patch_size=8,
+                            window_size=3, global_attn_indexes=[1], output_channels=16, num_pos_feats=8,
+                            initializer_range=0.02,
+                        ),
+                        prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 8,
+                                               "mask_input_channels": 4},
+                        mask_decoder_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                             "mlp_dim": 32, "iou_head_hidden_dim": 16, **extra},
+                    )
+                )
+            ),  # fmt: skip
+            "AutoModelForMaskGeneration",
+            {"clustering_location": 1, "clustered_window_size": 2, "reconstruction_k": 3},
+        )
+        for name, config_class, vision_class, model_class, extra in (
+            ("sam", transformers.SamConfig, transformers.SamVisionConfig, transformers.SamModel, {}),
+            ("sam-hq", transformers.SamHQConfig, transformers.SamHQVisionConfig, transformers.SamHQModel,
+             {"vit_dim": 32}),
+        )  # fmt: skip
+    },
 }
 EOMT_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size", "patch_size")
 DPT = dict(

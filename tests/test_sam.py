@@ -11,12 +11,29 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from skimage import data as photos
-from transformers import SamConfig, SamModel, SamProcessor, SamVisionConfig, SamVisionModel, pipeline
+from transformers import (
+    SamConfig,
+    SamHQConfig,
+    SamHQModel,
+    SamHQVisionConfig,
+    SamModel,
+    SamProcessor,
+    SamVisionConfig,
+    SamVisionModel,
+    pipeline,
+)
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 from transformers.models.sam.modeling_sam import SamVisionAttention
 
 import hf_expedite
-from hf_expedite import ExpeditedSamConfig, ExpeditedSamModel, ExpeditedSamVisionConfig, ExpeditedSamVisionModel
+from hf_expedite import (
+    ExpeditedSamConfig,
+    ExpeditedSamHQModel,
+    ExpeditedSamHQVisionConfig,
+    ExpeditedSamModel,
+    ExpeditedSamVisionConfig,
+    ExpeditedSamVisionModel,
+)
 from hf_expedite.fidelity import fidelity_report
 from hf_expedite.models.sam import expedite_sam_config, expedite_sam_vision_config
 from hf_expedite.presets import get_preset
@@ -262,3 +279,43 @@ def test_a_map_smaller_than_one_window_is_padded_as_by_vanilla_sam(sam_repo, pro
         expected = model.vision_encoder(pixel_values).last_hidden_state
         out = twin.vision_encoder(pixel_values, output_attentions=True)
     assert out.last_hidden_state.shape == expected.shape and torch.isfinite(out.last_hidden_state).all()
+
+
+# ---------------------------------------------------------------- SAM-HQ: the same encoder, plus the global blocks'
+# outputs for the HQ mask decoder (intermediate_embeddings).
+
+
+@pytest.fixture(scope="module")
+def sam_hq_repo(tmp_path_factory):
+    torch.manual_seed(0)
+    config = SamHQConfig(vision_config=SamHQVisionConfig(**VISION), prompt_encoder_config=PROMPT,
+                         mask_decoder_config={**DECODER, "vit_dim": VISION["hidden_size"]})  # fmt: skip
+    model = SamHQModel(config)
+    seeded_init(model)
+    path = tmp_path_factory.mktemp("sam_hq")
+    model.save_pretrained(path)
+    return path
+
+
+def test_sam_hq_loads_runs_and_reconstructs_the_intermediate_embeddings(sam_hq_repo, processor):
+    vanilla = SamHQModel.from_pretrained(sam_hq_repo).eval()
+    model, info = ExpeditedSamHQModel.from_pretrained(sam_hq_repo, output_loading_info=True, **SETTINGS)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert isinstance(model.config.vision_config, ExpeditedSamHQVisionConfig)
+    auto = hf_expedite.AutoModelForMaskGeneration.from_pretrained(sam_hq_repo, expedite=True)
+    assert type(auto) is ExpeditedSamHQModel
+    off = ExpeditedSamHQModel.from_pretrained(sam_hq_repo, expedite=False).eval()
+    inputs = processor(images=images(), input_points=[[[200, 150]], [[100, 120]]], return_tensors="pt")
+    prompts = {k: v for k, v in inputs.items() if k not in ("original_sizes", "reshaped_input_sizes")}
+    with torch.no_grad():
+        expected = vanilla.vision_encoder(prompts["pixel_values"])
+        exact = off.vision_encoder(prompts["pixel_values"])
+        assert torch.equal(exact.last_hidden_state, expected.last_hidden_state)
+        assert all(torch.equal(a, b) for a, b in zip(exact.intermediate_embeddings, expected.intermediate_embeddings))
+        encoded = model.eval().vision_encoder(prompts["pixel_values"])
+        masks, reference = model(**prompts).pred_masks, vanilla(**prompts).pred_masks
+    # One intermediate embedding per global block (1 and 3), both after clustering: reconstructed to the full map.
+    assert [e.shape for e in encoded.intermediate_embeddings] == [e.shape for e in expected.intermediate_embeddings]
+    assert len(encoded.intermediate_embeddings) == 2 and encoded.intermediate_embeddings[0].shape[1:3] == (16, 16)
+    assert masks.shape == reference.shape and torch.isfinite(masks).all()
+    assert not torch.allclose(encoded.intermediate_embeddings[0], expected.intermediate_embeddings[0], atol=1e-3)

@@ -17,6 +17,7 @@ from .mask2former import ExpeditedMask2FormerConfig, ExpeditedMask2FormerForUniv
 from .eomt import ExpeditedEomtConfig, ExpeditedEomtForUniversalSegmentation
 from .eomt import ExpeditedEomtDinov3Config, ExpeditedEomtDinov3ForUniversalSegmentation
 from .sam import ExpeditedSamConfig, ExpeditedSamModel, ExpeditedSamVisionConfig, ExpeditedSamVisionModel
+from .sam import ExpeditedSamHQConfig, ExpeditedSamHQModel, ExpeditedSamHQVisionConfig, ExpeditedSamHQVisionModel
 from .upernet import ExpeditedUperNetConfig, ExpeditedUperNetForSemanticSegmentation
 
 __all__ = [
@@ -51,6 +52,10 @@ __all__ = [
     "ExpeditedSamModel",
     "ExpeditedSamVisionConfig",
     "ExpeditedSamVisionModel",
+    "ExpeditedSamHQConfig",
+    "ExpeditedSamHQModel",
+    "ExpeditedSamHQVisionConfig",
+    "ExpeditedSamHQVisionModel",
     "ExpeditedUperNetConfig",
     "ExpeditedUperNetForSemanticSegmentation",
 ]
