@@ -35,7 +35,7 @@ from transformers import PreTrainedConfig
 
 from .auto import auto_class_for
 from .conversion import settings_holder, vanilla_class
-from .settings import WindowedExpediteSettings, expedite_settings
+from .settings import expedite_settings
 
 def _template_path() -> Path:
     """``model_cards/template.md`` of a source checkout, else the copy a wheel installs under ``sys.prefix``."""
@@ -205,7 +205,7 @@ def render_model_card(
         if remote_code
         else ""
     )
-    windowed = isinstance(settings_holder(config), WindowedExpediteSettings)
+    staged = getattr(settings_holder(config), "depths", None) is not None  # Swin: reconstruction ends its stage
     return Template(Path(template).read_text(encoding="utf-8")).substitute(
         metadata=data.to_yaml(),
         title=f"{repo_id.rsplit('/', 1)[-1]}: {vanilla_type} with Expedite",
@@ -219,7 +219,7 @@ def render_model_card(
         usage=_usage(auto_name, repo_id, pipeline_tag),
         remote_code=remote,
         settings_table=settings_table(config),
-        reconstruction_end="clustered stage" if windowed else "encoder",
+        reconstruction_end="clustered stage" if staged else "encoder",
         results=results_md or "No evaluation results were provided for this checkpoint.",
         citation=CITATION,
     )
