@@ -10,7 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import Dinov2Backbone, Dinov2Config, SwinBackbone, SwinConfig, ViTConfig, ViTModel
+from transformers import (
+    DINOv3ViTConfig,
+    DINOv3ViTModel,
+    Dinov2Backbone,
+    Dinov2Config,
+    SamVisionConfig,
+    SamVisionModel,
+    SwinBackbone,
+    SwinConfig,
+    ViTConfig,
+    ViTModel,
+)
 
 import hf_expedite
 
@@ -41,6 +52,19 @@ def _swin() -> torch.nn.Module:
     return hf_expedite.expedite(SwinBackbone(config).eval(), {"clustering_location": 1, "clustered_window_size": 2})
 
 
+def _dinov3() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = DINOv3ViTConfig(**{k: v for k, v in VIT.items() if k != "image_size"}, num_register_tokens=2)
+    return hf_expedite.expedite(DINOv3ViTModel(config).eval(), GRID)
+
+
+def _sam() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = SamVisionConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=64, patch_size=8,
+                             window_size=3, global_attn_indexes=[1], output_channels=16, initializer_range=0.02)  # fmt: skip
+    return hf_expedite.expedite(SamVisionModel(config).eval(), {"clustering_location": 1, "clustered_window_size": 2})
+
+
 def _dpt(tmp_path: Path) -> torch.nn.Module:
     path = tiny_dpt_depth(tmp_path / "dpt")
     return hf_expedite.AutoModelForDepthEstimation.from_pretrained(path, expedite=GRID).eval()
@@ -51,9 +75,10 @@ def _first(outputs) -> torch.Tensor:
     return first[-1] if isinstance(first, (tuple, list)) else first
 
 
-@pytest.mark.parametrize("family", ["vit", "dpt", "dinov2", "swin"])
+@pytest.mark.parametrize("family", ["vit", "dpt", "dinov2", "swin", "dinov3", "sam"])
 def test_inductor_fullgraph(family, tmp_path):
-    model = {"vit": _vit, "dinov2": _dinov2, "swin": _swin}.get(family, lambda: _dpt(tmp_path))()
+    builders = {"vit": _vit, "dinov2": _dinov2, "swin": _swin, "dinov3": _dinov3, "sam": _sam}
+    model = builders.get(family, lambda: _dpt(tmp_path))()
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = _first(model(pixels))
