@@ -51,7 +51,10 @@ def test_run_case_reports_side_by_side_numbers(case):
         4 * _layer_flops(65) + 2 * 64 * 192 * 32
     ) + 0.05
     assert result.clustering_ms > 0 and result.reconstruction_ms > 0
-    assert 0 < result.overhead_share < 1
+    # The share is the replayed work over the timed forward: separately timed, so no bound below 1 holds on a busy
+    # machine; it must be their ratio.
+    overhead_ms = result.clustering_ms + result.reconstruction_ms
+    assert result.overhead_share == pytest.approx(overhead_ms / result.expedited_ms, rel=1e-6)
     assert result.vanilla_peak_mb > 0 and result.expedited_peak_mb > 0
     assert result.throughput_batch == 4 and result.throughput_ratio > 0
     assert 0 < result.output_relative_error < 1

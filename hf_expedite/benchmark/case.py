@@ -22,3 +22,9 @@ class BenchmarkCase:
     notes: str = ""
     timed: dict[str, nn.Module] | None = None
     """The models to time instead of the vanilla, expedited and ideal ones (a variant: autocast, compiled)."""
+
+
+def paired(vanilla: nn.Module, expedited: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """``vanilla`` and ``expedited`` in eval mode, the expedited model holding the vanilla one's very weight tensors."""
+    expedited.load_state_dict(vanilla.state_dict(), assign=True)
+    return vanilla.eval(), expedited.eval()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from transformers import DINOv3ViTBackbone, DINOv3ViTConfig
 
 from ..models.dinov3 import ExpeditedDINOv3ViTBackbone, expedite_dinov3_vit_config
-from .case import BenchmarkCase
+from .case import BenchmarkCase, paired
 from .cases_swin import IMAGENET_MEAN, IMAGENET_STD, FeatureMaps
 from .photos import photo_batch
 
@@ -23,10 +23,8 @@ DINOV3_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=
 def dinov3_case(resolution: int) -> BenchmarkCase:
     """The DINOv3 ViT-L/16 backbone (four feature maps), vanilla vs the default preset."""
     config = DINOv3ViTConfig(**DINOV3_LARGE, image_size=resolution, out_indices=[6, 12, 18, 24])
-    vanilla = DINOv3ViTBackbone(config).eval()
     expedited_config = expedite_dinov3_vit_config(config)
-    expedited = ExpeditedDINOv3ViTBackbone(expedited_config).eval()
-    expedited.load_state_dict(vanilla.state_dict(), assign=True)
+    vanilla, expedited = paired(DINOv3ViTBackbone(config), ExpeditedDINOv3ViTBackbone(expedited_config))
     tokens = resolution // 16
     clusters = round(tokens * expedited_config.cluster_ratio)
     return BenchmarkCase(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from transformers import EomtConfig, EomtForUniversalSegmentation
 
 from ..models.eomt import ExpeditedEomtForUniversalSegmentation, expedite_eomt_config
-from .case import BenchmarkCase
+from .case import BenchmarkCase, paired
 from .photos import photo_batch
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -33,10 +33,10 @@ EOMT_LARGE = dict(
 def eomt_case(resolution: int) -> BenchmarkCase:
     """EoMT-L end to end (query blocks and mask predictions included), vanilla vs the default preset."""
     config = EomtConfig(**EOMT_LARGE, image_size=resolution)
-    vanilla = EomtForUniversalSegmentation(config).eval()
     expedited_config = expedite_eomt_config(config)
-    expedited = ExpeditedEomtForUniversalSegmentation(expedited_config).eval()
-    expedited.load_state_dict(vanilla.state_dict(), assign=True)
+    vanilla, expedited = paired(
+        EomtForUniversalSegmentation(config), ExpeditedEomtForUniversalSegmentation(expedited_config)
+    )
     tokens = resolution // 16
     clusters = round(tokens * expedited_config.cluster_ratio)
     return BenchmarkCase(

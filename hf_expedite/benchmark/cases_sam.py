@@ -14,7 +14,7 @@ from transformers import SamVisionConfig, SamVisionModel
 
 from ..models.sam import ExpeditedSamVisionModel, expedite_sam_vision_config
 from ..presets import get_preset
-from .case import BenchmarkCase
+from .case import BenchmarkCase, paired
 from .photos import photo_batch
 
 SAM_MEAN, SAM_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -24,10 +24,8 @@ SAM_VIT_H = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
 def sam_case(preset: str = "default") -> BenchmarkCase:
     """SAM ViT-H image encoder at 1024 x 1024, vanilla vs ``preset``."""
     config = SamVisionConfig(**SAM_VIT_H)
-    vanilla = SamVisionModel(config).eval()
     expedited_config = expedite_sam_vision_config(config, **get_preset("sam", preset).resolve(config))
-    expedited = ExpeditedSamVisionModel(expedited_config).eval()
-    expedited.load_state_dict(vanilla.state_dict(), assign=True)
+    vanilla, expedited = paired(SamVisionModel(config), ExpeditedSamVisionModel(expedited_config))
     k = expedited_config.clustered_window_size
     return BenchmarkCase(
         f"sam-vit-h-1024{'' if preset == 'default' else '-' + preset}",

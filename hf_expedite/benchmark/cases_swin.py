@@ -33,7 +33,7 @@ from ..models.swin import ExpeditedSwinBackbone, expedite_swin_config
 from ..models.swinv2 import ExpeditedSwinv2Model, expedite_swinv2_config
 from ..models.upernet import ExpeditedUperNetForSemanticSegmentation, expedite_upernet_config
 from ..presets import get_preset
-from .case import BenchmarkCase
+from .case import BenchmarkCase, paired
 from .photos import photo_batch
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -60,16 +60,11 @@ def _photos(resolution: int) -> dict[str, torch.Tensor]:
     return {"pixel_values": photo_batch(resolution, resolution, mean=IMAGENET_MEAN, std=IMAGENET_STD)}
 
 
-def _paired(vanilla: nn.Module, expedited: nn.Module) -> tuple[nn.Module, nn.Module]:
-    expedited.load_state_dict(vanilla.state_dict(), assign=True)
-    return vanilla.eval(), expedited.eval()
-
-
 def swin_large_backbone_case(preset: str, resolution: int) -> BenchmarkCase:
     """Mask2Former's Swin-L backbone alone (all four feature maps), vanilla vs one official preset."""
     config = SwinConfig(**SWIN_LARGE, out_features=STAGES, drop_path_rate=0.0)
     settings = get_preset("mask2former", preset).settings
-    vanilla, expedited = _paired(SwinBackbone(config), ExpeditedSwinBackbone(expedite_swin_config(config, **settings)))
+    vanilla, expedited = paired(SwinBackbone(config), ExpeditedSwinBackbone(expedite_swin_config(config, **settings)))
     return BenchmarkCase(
         f"m2f-swin-l-backbone-{resolution}-{preset}",
         FeatureMaps(vanilla),
@@ -86,7 +81,7 @@ def mask2former_case(resolution: int, preset: str = "coco-panoptic") -> Benchmar
     backbone = SwinConfig(**SWIN_LARGE, out_features=STAGES, drop_path_rate=0.0)
     config = Mask2FormerConfig(backbone_config=backbone, **M2F_COCO_PANOPTIC_HEAD)
     settings = get_preset("mask2former", preset).settings
-    vanilla, expedited = _paired(
+    vanilla, expedited = paired(
         Mask2FormerForUniversalSegmentation(config),
         ExpeditedMask2FormerForUniversalSegmentation(expedite_mask2former_config(config, **settings)),
     )
@@ -105,7 +100,7 @@ def upernet_case(resolution: int) -> BenchmarkCase:
     """UperNet Swin-B (ADE20K head: 512 channels, 150 classes, auxiliary head), default preset (block 10, 12 -> 8)."""
     backbone = SwinConfig(**SWIN_BASE, out_features=STAGES, drop_path_rate=0.0)
     config = UperNetConfig(backbone_config=backbone, num_labels=150, auxiliary_in_channels=512)
-    vanilla, expedited = _paired(
+    vanilla, expedited = paired(
         UperNetForSemanticSegmentation(config),
         ExpeditedUperNetForSemanticSegmentation(expedite_upernet_config(config)),
     )
@@ -123,7 +118,7 @@ def upernet_case(resolution: int) -> BenchmarkCase:
 def swinv2_case(resolution: int) -> BenchmarkCase:
     """Swinv2-B, window 12 at every stage (image_size = the input), default preset (block 10, 12 -> 8)."""
     config = Swinv2Config(**SWINV2_BASE, image_size=resolution, drop_path_rate=0.0)
-    vanilla, expedited = _paired(
+    vanilla, expedited = paired(
         Swinv2Model(config, add_pooling_layer=False),
         ExpeditedSwinv2Model(expedite_swinv2_config(config), add_pooling_layer=False),
     )

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from transformers import ViTConfig, ViTModel
 
 from ..models.vit import ExpeditedViTModel, expedite_vit_config
-from .case import BenchmarkCase
+from .case import BenchmarkCase, paired
 from .photos import photo_batch
 
 VIT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=16)
@@ -21,9 +21,10 @@ def vit_case(
     tensors) on photographs."""
     height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
     config = ViTConfig(**sizes, image_size=resolution if isinstance(resolution, int) else [height, width])
-    vanilla = ViTModel(config, add_pooling_layer=False).eval()
-    expedited = ExpeditedViTModel(expedite_vit_config(config, **settings), add_pooling_layer=False).eval()
-    expedited.load_state_dict(vanilla.state_dict(), assign=True)
+    vanilla, expedited = paired(
+        ViTModel(config, add_pooling_layer=False),
+        ExpeditedViTModel(expedite_vit_config(config, **settings), add_pooling_layer=False),
+    )
     inputs = {"pixel_values": photo_batch(height, width, batch_size)}
     return BenchmarkCase(name, vanilla, expedited, inputs, description)
 
