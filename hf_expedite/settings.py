@@ -94,6 +94,36 @@ def setting_names(windowed: bool = True) -> tuple[str, ...]:
     return tuple(f.name for f in fields(WindowedExpediteSettings if windowed else ExpediteSettings))
 
 
+class SettingsOnSubConfig(LoadsVanillaConfigs):
+    """Config mixin of a composite model whose Expedite settings live on one sub-config: ``settings_sub_config``
+    (``"backbone_config"`` for Mask2Former, UperNet and Depth Anything, ``"vision_config"`` for SAM).
+
+    That sub-config is always expedited: unless it is already one of ``sub_config_classes``, the subclass's
+    ``expedite_sub_config(sub_config, **settings)`` converts it (and may refuse an unsupported one). Setting kwargs
+    given to the outer config (``Config(clustering_location=10)``, ``from_pretrained(repo, expedite=False)``) are
+    forwarded to it; ``windowed_settings`` says whether the Swin-only settings are among them.
+    """
+
+    settings_sub_config = "backbone_config"
+    windowed_settings = True
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        kwargs.pop("model_type", None)  # a hub config says the vanilla type: it must not shadow ours
+        names = setting_names(self.windowed_settings)
+        settings = {name: kwargs.pop(name) for name in names if name in kwargs}
+        super().__post_init__(**kwargs)
+        sub_config = getattr(self, self.settings_sub_config)
+        if settings or not isinstance(sub_config, self.sub_config_classes):
+            setattr(self, self.settings_sub_config, self.expedite_sub_config(sub_config, **settings))
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """Route Expedite setting kwargs (``from_pretrained(repo, clustering_location=10)``) to the sub-config."""
+        names = setting_names(cls.windowed_settings)
+        config_dict = {**config_dict, **{name: kwargs.pop(name) for name in names if name in kwargs}}
+        return super().from_dict(config_dict, **kwargs)
+
+
 def expedite_settings(config: Any) -> dict[str, Any]:
     """The Expedite settings of an expedited config, as a plain dict."""
     windowed = isinstance(config, WindowedExpediteSettings)

@@ -24,12 +24,12 @@ from ..compat import SubConfigSpec, takes_transformers_kwargs
 from ..encoder import requested_hidden_states
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import ExpediteSettings, LoadsVanillaConfigs, convert_config, setting_names
+from ..settings import ExpediteSettings, SettingsOnSubConfig, convert_config
 from .dinov2 import READ_HIDDEN_STATES_KWARG, ExpeditedDinov2Config, expedite_dinov2_config
 
 
 @strict
-class ExpeditedDepthAnythingConfig(LoadsVanillaConfigs, DepthAnythingConfig):
+class ExpeditedDepthAnythingConfig(SettingsOnSubConfig, DepthAnythingConfig):
     """``DepthAnythingConfig`` whose DINOv2 ``backbone_config`` is expedited and holds the settings."""
 
     model_type = "expedited_depth_anything"
@@ -41,19 +41,9 @@ class ExpeditedDepthAnythingConfig(LoadsVanillaConfigs, DepthAnythingConfig):
         ),
     }
 
-    def __post_init__(self, **kwargs):
-        kwargs.pop("model_type", None)  # a hub config says "depth_anything": it must not shadow ours
-        settings = {name: kwargs.pop(name) for name in setting_names(windowed=False) if name in kwargs}
-        super().__post_init__(**kwargs)
-        if settings or not isinstance(self.backbone_config, ExpediteSettings):
-            self.backbone_config = expedite_dinov2_config(self.backbone_config, **settings)
-
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> ExpeditedDepthAnythingConfig:
-        """Route Expedite setting kwargs (``from_pretrained(repo, clustering_location=4)``) to the backbone config."""
-        names = setting_names(windowed=False)
-        config_dict = {**config_dict, **{name: kwargs.pop(name) for name in names if name in kwargs}}
-        return super().from_dict(config_dict, **kwargs)
+    windowed_settings = False
+    sub_config_classes = (ExpediteSettings,)
+    expedite_sub_config = staticmethod(expedite_dinov2_config)
 
 
 def expedite_depth_anything_config(config: DepthAnythingConfig, **settings: Any) -> ExpeditedDepthAnythingConfig:

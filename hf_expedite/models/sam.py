@@ -60,7 +60,7 @@ from ..compat import SubConfigSpec, capture_outputs, merge_with_config_defaults
 from ..encoder import HIDDEN_STATES_RECORDER, EagerCaptureHooksMixin, HiddenStatesTap, requested_hidden_states
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import LoadsVanillaConfigs, WindowedExpediteSettings, convert_config, setting_names
+from ..settings import SettingsOnSubConfig, WindowedExpediteSettings, convert_config
 from ..settings import validate_settings, validate_when_expedited
 from ..windows import WindowClustering, check_clustered_window, cluster_windows, fill_windowed_settings
 
@@ -112,24 +112,12 @@ def expedite_sam_hq_vision_config(config: SamHQVisionConfig, **settings: Any) ->
     return convert_config(ExpeditedSamHQVisionConfig, config, SamHQVisionConfig, **settings)
 
 
-class _VisionSettingsForwarding(LoadsVanillaConfigs):
-    """A SAM config whose ``vision_config`` is always the expedited vision config, holding the settings; setting
-    kwargs given to it (``from_pretrained(repo, clustering_location=8)``) are forwarded there. Subclasses name the
-    vision config conversion as ``expedite_vision``."""
+class _VisionSettings(SettingsOnSubConfig):
+    """A SAM config whose ``vision_config`` is always the expedited vision config, holding the settings (see
+    :class:`~hf_expedite.settings.SettingsOnSubConfig`)."""
 
-    def __post_init__(self, **kwargs: Any) -> None:
-        kwargs.pop("model_type", None)
-        settings = {name: kwargs.pop(name) for name in setting_names() if name in kwargs}
-        super().__post_init__(**kwargs)
-        vision = self.vision_config
-        if settings or not isinstance(vision, WindowedExpediteSettings):
-            self.vision_config = self.expedite_vision(vision, **settings)
-
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
-        """Route Expedite setting kwargs to the vision config."""
-        config_dict = {**config_dict, **{name: kwargs.pop(name) for name in setting_names() if name in kwargs}}
-        return super().from_dict(config_dict, **kwargs)
+    settings_sub_config = "vision_config"
+    sub_config_classes = (WindowedExpediteSettings,)
 
 
 def _vision_spec(config_class: type) -> SubConfigSpec:
@@ -138,16 +126,16 @@ def _vision_spec(config_class: type) -> SubConfigSpec:
 
 
 @strict
-class ExpeditedSamConfig(_VisionSettingsForwarding, SamConfig):
+class ExpeditedSamConfig(_VisionSettings, SamConfig):
     """``SamConfig`` whose ``vision_config`` is an :class:`ExpeditedSamVisionConfig`, holding the settings."""
 
     model_type = "expedited_sam"
     sub_configs_defaults = {**SamConfig.sub_configs_defaults, "vision_config": _vision_spec(ExpeditedSamVisionConfig)}
-    expedite_vision = staticmethod(expedite_sam_vision_config)
+    expedite_sub_config = staticmethod(expedite_sam_vision_config)
 
 
 @strict
-class ExpeditedSamHQConfig(_VisionSettingsForwarding, SamHQConfig):
+class ExpeditedSamHQConfig(_VisionSettings, SamHQConfig):
     """``SamHQConfig`` whose ``vision_config`` is an :class:`ExpeditedSamHQVisionConfig`, holding the settings."""
 
     model_type = "expedited_sam_hq"
@@ -155,7 +143,7 @@ class ExpeditedSamHQConfig(_VisionSettingsForwarding, SamHQConfig):
         **SamHQConfig.sub_configs_defaults,
         "vision_config": _vision_spec(ExpeditedSamHQVisionConfig),
     }
-    expedite_vision = staticmethod(expedite_sam_hq_vision_config)
+    expedite_sub_config = staticmethod(expedite_sam_hq_vision_config)
 
 
 def expedite_sam_config(config: SamConfig, **settings: Any) -> ExpeditedSamConfig:

@@ -22,7 +22,7 @@ from transformers.models.swin.modeling_swin import SwinAttention, SwinLayer, Swi
 from ..compat import ALL_ATTENTION_FUNCTIONS, eager_attention_forward
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
-from ..settings import LoadsVanillaConfigs, WindowedExpediteSettings, convert_config, setting_names
+from ..settings import SettingsOnSubConfig, WindowedExpediteSettings, convert_config
 from ..windows import (
     checked_span,
     finalize_windowed_settings,
@@ -54,32 +54,22 @@ def expedite_swin_config(config: SwinConfig, **settings) -> ExpeditedSwinConfig:
 SUPPORTED_BACKBONES = ("swin", ExpeditedSwinConfig.model_type)
 
 
-class SwinBackboneSettings(LoadsVanillaConfigs):
+class SwinBackboneSettings(SettingsOnSubConfig):
     """Config mixin of a model built on a Swin ``backbone_config`` (Mask2Former, UperNet): the backbone config is
     always an :class:`ExpeditedSwinConfig` and holds the Expedite settings (``config.backbone_config.
-    clustering_location``, ...). Setting kwargs given to the outer config (``from_pretrained(repo, expedite=False)``,
-    ``Config(clustering_location=10)``) are forwarded to the backbone config; another backbone raises a ``ValueError``.
-    """
+    clustering_location``, ...), see :class:`~hf_expedite.settings.SettingsOnSubConfig`; another backbone raises a
+    ``ValueError``."""
 
-    def __post_init__(self, **kwargs: Any) -> None:
-        kwargs.pop("model_type", None)  # a hub config says the vanilla type: it must not shadow ours
-        settings = {name: kwargs.pop(name) for name in setting_names() if name in kwargs}
-        super().__post_init__(**kwargs)
-        backbone = self.backbone_config
+    sub_config_classes = (ExpeditedSwinConfig,)
+
+    def expedite_sub_config(self, backbone: Any, **settings: Any) -> ExpeditedSwinConfig:
         if backbone.model_type not in SUPPORTED_BACKBONES:
             head = self.model_type.removeprefix("expedited_")
             raise ValueError(
                 f"Expedite supports {head} with a Swin backbone (model_type {' or '.join(SUPPORTED_BACKBONES)}); "
                 f"this config's backbone is {backbone.model_type!r}."
             )
-        if settings or not isinstance(backbone, ExpeditedSwinConfig):
-            self.backbone_config = expedite_swin_config(backbone, **settings)
-
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
-        """Route Expedite setting kwargs (``from_pretrained(repo, clustering_location=10)``) to the backbone config."""
-        config_dict = {**config_dict, **{name: kwargs.pop(name) for name in setting_names() if name in kwargs}}
-        return super().from_dict(config_dict, **kwargs)
+        return expedite_swin_config(backbone, **settings)
 
 
 class ExpeditedSwinAttention(SwinAttention):
