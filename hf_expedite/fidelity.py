@@ -32,18 +32,21 @@ def _check_task(task: str) -> None:
         raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}.")
 
 
-def _inputs(model: torch.nn.Module, processor: Any, image: Image.Image, task: Task) -> Any:
-    """``processor(image)`` on the model's device, floating inputs in the model's dtype; for ``"masks"``, the pixel
-    values and a grid of single-point prompts (:func:`point_grid`)."""
+def _inputs(model: torch.nn.Module, processor: Any, image: Image.Image, task: Task) -> tuple[Any, Any]:
+    """``processor(image)`` on the model's device, floating inputs in the model's dtype, and what post-processing
+    needs from the preprocessing (``"masks"``: the resized image size; else None). For ``"masks"`` the inputs are the
+    pixel values and a grid of single-point prompts (:func:`point_grid`)."""
     parameter = next(model.parameters())
     inputs = processor(images=image, return_tensors="pt")
     if task == "masks":
-        points, labels = point_grid(inputs["reshaped_input_sizes"][0])
+        resized = inputs["reshaped_input_sizes"]
+        points, labels = point_grid(resized[0])
         inputs = {"pixel_values": inputs["pixel_values"], "input_points": points, "input_labels": labels,
                   "multimask_output": False}  # fmt: skip
-        return {k: v.to(device=parameter.device, dtype=parameter.dtype if v.is_floating_point() else v.dtype)
-                if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}  # fmt: skip
-    return inputs.to(device=parameter.device, dtype=parameter.dtype)
+        inputs = {k: v.to(device=parameter.device, dtype=parameter.dtype if v.is_floating_point() else v.dtype)
+                  if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}  # fmt: skip
+        return inputs, resized
+    return inputs.to(device=parameter.device, dtype=parameter.dtype), None
 
 
 def point_grid(input_size: torch.Tensor, per_side: int = POINTS_PER_SIDE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,9 +60,15 @@ def point_grid(input_size: torch.Tensor, per_side: int = POINTS_PER_SIDE) -> tup
 
 
 def _post_process(
-    processor: Any, outputs: Any, image: Image.Image, task: Task, post_processing: Mapping[str, Any] | None
+    processor: Any,
+    outputs: Any,
+    image: Image.Image,
+    task: Task,
+    post_processing: Mapping[str, Any] | None,
+    resized: Any = None,
 ) -> Any:
-    """The processor's post-processing for ``task`` at the image's size (see :func:`predict`)."""
+    """The processor's post-processing for ``task`` at the image's size (see :func:`predict`); ``resized`` is what
+    :func:`_inputs` returned beside the inputs."""
     size = [(image.height, image.width)]
     kwargs = dict(post_processing or {})
     if task == "depth":
@@ -68,7 +77,6 @@ def _post_process(
     if task == "semantic":
         return processor.post_process_semantic_segmentation(outputs, target_sizes=size, **kwargs)[0].cpu().numpy()
     if task == "masks":  # one mask per point prompt, at the image's size
-        resized = processor(images=image, return_tensors="pt")["reshaped_input_sizes"]
         masks = processor.post_process_masks(outputs.pred_masks.float().cpu(), torch.tensor(size), resized, **kwargs)
         return masks[0][:, 0].numpy()
     method = processor.post_process_panoptic_segmentation
@@ -95,7 +103,8 @@ def predict(
     panoptic ``label_ids_to_fuse`` defaults to none).
     """
     _check_task(task)
-    return _post_process(processor, model(**_inputs(model, processor, image, task)), image, task, post_processing)
+    inputs, resized = _inputs(model, processor, image, task)
+    return _post_process(processor, model(**inputs), image, task, post_processing, resized)
 
 
 def depth_agreement(vanilla: np.ndarray, expedited: np.ndarray) -> dict[str, float]:
@@ -160,11 +169,12 @@ def timed_predictions(
     from .evaluation.runner import timed_forward
 
     _check_task(task)
-    timed_forward(model, _inputs(model, processor, images[0], task))
+    timed_forward(model, _inputs(model, processor, images[0], task)[0])
     predictions, seconds = [], 0.0
     for image in images:
-        outputs, elapsed = timed_forward(model, _inputs(model, processor, image, task))
-        predictions.append(_post_process(processor, outputs, image, task, post_processing))
+        inputs, resized = _inputs(model, processor, image, task)
+        outputs, elapsed = timed_forward(model, inputs)
+        predictions.append(_post_process(processor, outputs, image, task, post_processing, resized))
         seconds += elapsed
     return predictions, seconds
 
