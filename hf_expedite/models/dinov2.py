@@ -175,15 +175,22 @@ def _expedite_kwargs(
 ) -> dict[str, Any]:
     """The backbone's forward kwargs plus the token grid and the hidden states to reconstruct for its encoder."""
     kwargs = dict(kwargs)
-    read = kwargs.pop(READ_HIDDEN_STATES_KWARG, None)
-    if read is None:
-        asked = kwargs.get("output_hidden_states", backbone.config.output_hidden_states)
-        read = requested_hidden_states(backbone, asked, backbone.config.num_hidden_layers)
     consumed = {backbone.stage_names.index(stage) for stage in backbone.out_features}
+    kwargs["expedite_wanted"] = wanted_hidden_states(backbone, kwargs, consumed)
     if backbone.config.expedite:
         kwargs["expedite_grid"] = expedited_token_grid(pixel_values, backbone.config.patch_size)
-    kwargs["expedite_wanted"] = None if read is None else set(read) | consumed
     return kwargs
+
+
+def wanted_hidden_states(model: nn.Module, kwargs: dict[str, Any], consumed: Collection[int]) -> set[int] | None:
+    """The hidden states to reconstruct (``None``: all): those the caller reads (a head's
+    ``READ_HIDDEN_STATES_KWARG``, popped from ``kwargs``, else ``output_hidden_states``) and the ``consumed`` ones
+    the model itself turns into outputs."""
+    read = kwargs.pop(READ_HIDDEN_STATES_KWARG, None)
+    if read is None:
+        asked = kwargs.get("output_hidden_states", model.config.output_hidden_states)
+        read = requested_hidden_states(model, asked, model.config.num_hidden_layers)
+    return None if read is None else set(read) | set(consumed)
 
 
 class _ExpeditedBackboneMixin:

@@ -34,13 +34,12 @@ from ..encoder import (
     HIDDEN_STATES_RECORDER,
     EagerCaptureHooksMixin,
     HiddenStatesTap,
-    requested_hidden_states,
     run_expedited_layers,
 )
 from ..loading import StrictLoadingMixin
 from ..registry import mirror_conversion_mapping, register_config, register_model
 from ..settings import ExpediteSettings, cluster_grid, convert_config, finalize_settings
-from .dinov2 import READ_HIDDEN_STATES_KWARG, expedited_token_grid
+from .dinov2 import expedited_token_grid, wanted_hidden_states
 
 RotaryEmbeddings = tuple[torch.Tensor, torch.Tensor]
 
@@ -139,11 +138,7 @@ class _ExpeditedDINOv3Mixin:
     def _expedite_kwargs(self, pixel_values: torch.Tensor, kwargs: dict[str, Any], consumed: set[int]) -> dict:
         """The forward kwargs plus what the encoder needs: the token grid, the cluster positions, the states read."""
         kwargs = dict(kwargs)
-        read = kwargs.pop(READ_HIDDEN_STATES_KWARG, None)
-        if read is None:
-            asked = kwargs.get("output_hidden_states", self.config.output_hidden_states)
-            read = requested_hidden_states(self, asked, self.config.num_hidden_layers)
-        kwargs["expedite_wanted"] = None if read is None else set(read) | consumed
+        kwargs["expedite_wanted"] = wanted_hidden_states(self, kwargs, consumed)
         if self.config.expedite:
             grid = expedited_token_grid(pixel_values, self.config.patch_size)
             dtype = self.embeddings.patch_embeddings.weight.dtype  # the parent casts the pixels (and RoPE) to it
