@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_expedite.ops import TokenReconstruction, cluster_tokens, cluster_tokens_dense, home_cells
+from hf_expedite.ops import reconstruction as reconstruction_module
 from hf_expedite.ops.reconstruction import knn_reconstruction
 
 # token grid, cluster grid, window: square, non-square, non-divisible, cluster grid with another aspect ratio
@@ -127,10 +128,19 @@ def _official_dense_weights(tokens, centres, k, temperature, normalization):
     return weights / weights.norm(dim=-1, keepdim=True)
 
 
+# token blocks: one for all 192 tokens, or 50 (token, centre) rows of 2 x 48 pairs each, so that the tokens with ties
+# (5 and 77) lie in blocks of their own widths and the last blocks (no ties) are padded to the widest
+BLOCKS = [None, 50 * 2 * 48]
+
+
+@pytest.mark.parametrize("block_pairs", BLOCKS)
 @pytest.mark.parametrize("normalization", ["l1", "l2"])
-def test_sparse_weights_are_the_dense_ones_ties_included(normalization):
+def test_sparse_weights_are_the_dense_ones_ties_included(normalization, block_pairs, monkeypatch):
     """Only the kept weights are stored, (B, N, W); they are the dense form's, including the tokens that keep more
-    than k because identical centres tie with the k-th."""
+    than k because identical centres tie with the k-th, whether the distances are computed for all tokens at once
+    or block by block."""
+    if block_pairs:
+        monkeypatch.setattr(reconstruction_module, "BLOCK_PAIRS", block_pairs)
     grid, clusters, k = (12, 16), (6, 8), 5
     tokens = _tokens(grid, channels=24, dtype=torch.float64)
     centres = cluster_tokens(tokens, grid, clusters, iterations=2, temperature=4.0)
@@ -147,10 +157,13 @@ def test_sparse_weights_are_the_dense_ones_ties_included(normalization):
     assert ((reconstruction.weights[1] > 0).sum(-1) == k).all()
 
 
+@pytest.mark.parametrize("block_pairs", [None, 100 * 2 * 192])
 @pytest.mark.parametrize("mode", ["knn", "hard"])
-def test_sparse_application_equals_the_dense_product(mode):
+def test_sparse_application_equals_the_dense_product(mode, block_pairs, monkeypatch):
     """Gather-and-weighted-sum (float32) against the dense (B, N, M) matrix product of the same weights: equal up to
-    the order of the float32 sums (1e-6 on values of order one)."""
+    the order of the float32 sums (1e-6 on values of order one), with the distances computed at once or in blocks."""
+    if block_pairs:
+        monkeypatch.setattr(reconstruction_module, "BLOCK_PAIRS", block_pairs)
     grid, clusters = (24, 32), (12, 16)
     tokens = _tokens(grid, channels=32)
     centres = cluster_tokens(tokens, grid, clusters, temperature=8.0)

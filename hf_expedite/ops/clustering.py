@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def check_grids(grid: tuple[int, int], cluster_grid: tuple[int, int]) -> None:
@@ -128,26 +129,15 @@ def local_layout(
     )
 
 
-def _pooling_matrix(size: int, bins: int, like: torch.Tensor) -> torch.Tensor:
-    """``(bins, size)`` averaging weights of adaptive average pooling along one axis (bin j covers
-    ``[floor(j * size / bins), ceil((j + 1) * size / bins))``, PyTorch's rule)."""
-    index = torch.arange(bins, device=like.device)
-    starts, ends = (index * size) // bins, -((-(index + 1) * size) // bins)
-    positions = torch.arange(size, device=like.device)
-    inside = (positions[None, :] >= starts[:, None]) & (positions[None, :] < ends[:, None])
-    return inside.to(like.dtype) / (ends - starts).to(like.dtype)[:, None]
-
-
 def initial_centres(tokens: torch.Tensor, grid: tuple[int, int], cluster_grid: tuple[int, int]) -> torch.Tensor:
     """Adaptive average pooling of the ``(B, N, C)`` token map to ``(B, M, C)`` centres.
 
-    Pooling is separable, so it runs as two small matrix products on the token layout (faster than
-    ``F.adaptive_avg_pool2d`` on a channels-last view, and equal to it up to rounding).
+    The tokens are pooled as a channels-last view of the map, without a copy to channels-first.
     """
     batch, _, channels = tokens.shape
-    rows, cols = _pooling_matrix(grid[0], cluster_grid[0], tokens), _pooling_matrix(grid[1], cluster_grid[1], tokens)
-    pooled = torch.einsum("jw,bhwc->bhjc", cols, tokens.view(batch, *grid, channels))
-    return torch.einsum("ih,bhjc->bijc", rows, pooled).reshape(batch, -1, channels)
+    token_map = tokens.view(batch, *grid, channels).permute(0, 3, 1, 2)
+    pooled = F.adaptive_avg_pool2d(token_map, cluster_grid)
+    return pooled.permute(0, 2, 3, 1).reshape(batch, -1, channels)
 
 
 def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -221,7 +211,7 @@ def cluster_tokens(
     # get zero assignment, so the extra centre row stays zero through the updates.
     x = torch.cat([x, x.new_zeros(batch, 1, channels)], 1)
     centres = torch.cat([centres, centres.new_zeros(batch, 1, channels)], 1)
-    x_tiles = x[:, layout.tile_tokens].reshape(batch * num_tiles, tile_tokens, channels)  # gathered once
+    x_tiles = x.index_select(1, layout.tile_tokens.view(-1)).view(batch * num_tiles, tile_tokens, channels)  # once
     # softmax(-|x - s|^2 / t) over a token's candidates = softmax((2<x, s> - |s|^2) / t): |x|^2 is constant per
     # token. Forbidden pairs get -inf; empty token slots allow everything (finite) and are zeroed afterwards.
     forbidden = ~(layout.allowed | ~layout.token_valid[..., None])
@@ -229,8 +219,9 @@ def cluster_tokens(
     token_weight = layout.token_valid.to(x.dtype)[None, :, :, None]
     flat_centres = layout.tile_centres.reshape(-1)
     for _ in range(iterations):
-        region = centres[:, layout.tile_centres].reshape(batch * num_tiles, tile_clusters, channels)
-        bias = mask - (centres.square().sum(-1)[:, layout.tile_centres] / temperature)[:, :, None, :]
+        region = centres.index_select(1, flat_centres).view(batch * num_tiles, tile_clusters, channels)
+        norms = centres.square().sum(-1).index_select(1, flat_centres).view(batch, num_tiles, 1, tile_clusters)
+        bias = mask - norms / temperature
         logits = torch.baddbmm(bias.reshape(batch * num_tiles, tile_tokens, tile_clusters), x_tiles,
                                region.transpose(1, 2), alpha=2.0 / temperature)
         assign = torch.softmax(logits, dim=-1).view(batch, num_tiles, tile_tokens, tile_clusters) * token_weight

@@ -6,8 +6,11 @@ from them token by token). Only the few kept weights of each token are stored, `
 cluster indices, and applied by a gather-and-weighted-sum (``F.embedding_bag``): O(N * W * C) work and O(N * W)
 memory instead of a dense ``(B, N, M)`` matrix product. ``W`` is the largest number of weights any token keeps:
 ``k``, or more where distances tie with the k-th (the official rule keeps every tie; no tie is broken), 1 for
-``"hard"``. Under ``torch.compile`` / ``torch.export``, whose graphs cannot depend on ``W``, the weights stay dense
-(``(B, N, M)``, zeros included) and are applied by the matrix product; both forms give the same weights.
+``"hard"``. The exact global top-k needs every token's distance to every centre, an ``N x M`` matrix product; it is
+computed for blocks of tokens (:data:`BLOCK_PAIRS`), each reduced to its kept centres before the next, so the
+``(B, N, M)`` distances are never held whole. Under ``torch.compile`` / ``torch.export``, whose graphs cannot depend
+on ``W``, the weights stay dense (``(B, N, M)``, zeros included) and are applied by the matrix product; both forms
+give the same weights.
 
 * ``"knn"``: ``w_ij = exp(-|z_i - s_j|^2 / temperature)`` kept for the ``k`` largest per token (every weight equal to
   the k-th largest is kept too, the official tie rule), normalised with ``"l1"`` (sum to one, the paper's weighted
@@ -34,8 +37,9 @@ instruction set or thread count: near-identical or duplicated patches cannot swa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,10 +50,44 @@ ReconstructionMode = Literal["knn", "hard"]
 ReconstructionNormalization = Literal["l1", "l2"]
 
 
-def squared_distances(tokens: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """``(B, N, M)`` squared Euclidean distances in the expanded form, clamped at 0 against rounding."""
-    dot = tokens @ centres.transpose(1, 2)
-    return (tokens.square().sum(-1)[..., None] + centres.square().sum(-1)[:, None, :] - 2 * dot).clamp_min(0)
+BLOCK_PAIRS = 1 << 20
+"""Distances are computed for blocks of tokens of at most this many (token, centre) pairs (4 MB in float32), each
+reduced to its kept centres at once: the ``(B, N, M)`` matrix is never held whole (peak memory), and blocks this small
+are served from memory the allocator already holds instead of a fresh, page-faulting mapping at every forward."""
+
+
+def squared_distances(
+    tokens: torch.Tensor,
+    centres: torch.Tensor,
+    token_norms: torch.Tensor | None = None,
+    centre_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(B, N, M)`` squared Euclidean distances in the expanded form, clamped at 0 against rounding.
+
+    ``|z|^2 + |s|^2`` is written once and the product accumulated into it (``baddbmm``), so the ``(B, N, M)`` tensor is
+    touched by one element-wise pass besides the matrix product (in place unless autograd records the computation).
+    ``token_norms`` ``(B, N)`` and ``centre_norms`` ``(B, M)`` are the squared norms, when already known.
+    """
+    token_norms = tokens.square().sum(-1) if token_norms is None else token_norms
+    centre_norms = centres.square().sum(-1) if centre_norms is None else centre_norms
+    bias = token_norms[..., None] + centre_norms[:, None, :]
+    if _records_graph(tokens, centres):
+        return torch.baddbmm(bias, tokens, centres.transpose(1, 2), alpha=-2).clamp_min(0)
+    return bias.baddbmm_(tokens, centres.transpose(1, 2), alpha=-2).clamp_min_(0)
+
+
+def _records_graph(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records operations on ``tensors`` (then in-place updates of saved results must be avoided)."""
+    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
+
+
+def token_blocks(count: int, batch: int, num_clusters: int) -> list[slice]:
+    """Slices of the ``count`` tokens, each with at most :data:`BLOCK_PAIRS` (token, centre) pairs over the batch; one
+    slice under ``torch.compile`` (the dense weights are built whole there)."""
+    if torch.compiler.is_compiling():
+        return [slice(0, count)]
+    rows = max(1, BLOCK_PAIRS // (batch * num_clusters))
+    return [slice(start, min(start + rows, count)) for start in range(0, count, rows)]
 
 
 def first_identical(centres: torch.Tensor) -> torch.Tensor | None:
@@ -86,27 +124,40 @@ def first_identical(centres: torch.Tensor) -> torch.Tensor | None:
     return canonical
 
 
-def home_first_distances(
-    tokens: torch.Tensor, centres: torch.Tensor, home: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances ``(B, N, M)`` and a ranking key ``(B, N, M)`` in which each token's home centre wins rounding ties.
+class HomeDistances(NamedTuple):
+    """Every token's home centre and its distance to it, computed directly (exact zero for an equal centre)."""
 
-    ``home`` holds every token's home cluster, ``(N,)``. Identical centres get identical distances
-    (:func:`first_identical`). The distance to the home centre is computed directly (exact zero for an equal centre);
-    the key lowers it by a bound on the expanded form's rounding error, ``(C + 2) * eps * (|z|^2 + |s|^2)``, so that no
-    other centre can outrank it by rounding alone.
+    index: torch.Tensor  # (B, N, 1) the home centre of every token
+    distance: torch.Tensor  # (B, N, 1) the squared distance to it
+
+
+def home_first_keys(
+    tokens: torch.Tensor,
+    centres: torch.Tensor,
+    home: torch.Tensor,
+    centre_norms: torch.Tensor | None = None,
+    canonical: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, HomeDistances]:
+    """A ranking key ``(B, N, M)`` in which each token's home centre wins rounding ties, and the home distances.
+
+    ``home`` holds every token's home cluster, ``(N,)``. The key is the squared distance (:func:`squared_distances`)
+    except at the home centre, where it is the directly computed distance lowered by a bound on the expanded form's
+    rounding error, ``(C + 2) * eps * (|z|^2 + |s|^2)``, so that no other centre can outrank it by rounding alone. The
+    distance at every position is the key's, except at the home centre, where it is ``HomeDistances.distance``.
+    ``canonical`` (:func:`first_identical` of the centres) gives identical centres identical distances.
     """
-    distances = squared_distances(tokens, centres)
-    canonical = first_identical(centres)
+    centre_norms = centres.square().sum(-1) if centre_norms is None else centre_norms
+    token_norms = tokens.square().sum(-1)
+    key = squared_distances(tokens, centres, token_norms, centre_norms)
     if canonical is not None:
-        distances = distances.gather(-1, canonical[:, None, :].expand_as(distances))
+        key = key.gather(-1, canonical[:, None, :].expand_as(key))
     index = home.view(1, -1, 1).expand(tokens.shape[0], -1, 1)
-    home_centres = centres[:, home]
-    direct = (tokens - home_centres).square().sum(-1, keepdim=True)
-    scale = tokens.square().sum(-1, keepdim=True) + home_centres.square().sum(-1, keepdim=True)
+    direct = (tokens - centres[:, home]).square().sum(-1, keepdim=True)
+    scale = token_norms[..., None] + centre_norms[:, home, None]
     rounding = (tokens.shape[-1] + 2) * torch.finfo(tokens.dtype).eps * scale
-    distances = distances.scatter(-1, index, direct)
-    return distances, distances.scatter(-1, index, direct - rounding)
+    lowered = direct - rounding
+    key = key.scatter(-1, index, lowered) if _records_graph(key) else key.scatter_(-1, index, lowered)
+    return key, HomeDistances(index, direct)
 
 
 def _check_knn(num_clusters: int, k: int, normalization: str) -> None:
@@ -116,43 +167,79 @@ def _check_knn(num_clusters: int, k: int, normalization: str) -> None:
         raise ValueError(f"`reconstruction_normalization` must be 'l1' or 'l2', got {normalization!r}.")
 
 
-def knn_reconstruction(
-    distances: torch.Tensor,
-    k: int,
-    temperature: float,
-    normalization: ReconstructionNormalization,
-    key: torch.Tensor | None = None,
-) -> TokenReconstruction:
-    """Top-k reconstruction from squared distances ``(B, N, M)``.
+class KeptCentres(NamedTuple):
+    """The centres a token's reconstruction keeps, ascending by ranking key."""
 
-    The ``k`` nearest centres by ``key`` (default: the distances) are kept, and every centre whose key equals the k-th
-    one too (the official tie rule); weights ``exp(-(d - min d) / temperature)``, then normalised.
-    """
-    num_clusters = distances.shape[-1]
-    _check_knn(num_clusters, k, normalization)
-    key = distances if key is None else key
-    k_nearest = key.topk(k, dim=-1, largest=False)
-    kth_nearest = k_nearest.values[..., -1:]
-    nearest = distances.amin(-1, keepdim=True)
-    indices = None
-    if not torch.compiler.is_compiling():
-        width = int((key <= kth_nearest).sum(-1).amax())  # k, or more where a distance ties with the k-th
-        indices = k_nearest.indices if width == k else key.topk(width, dim=-1, largest=False).indices
-        key, distances = key.gather(-1, indices), distances.gather(-1, indices)
-    weights = torch.exp(-(distances - nearest) / temperature).masked_fill(key > kth_nearest, 0.0)
+    key: torch.Tensor  # (B, N, W) ranking key; +inf pads tokens that keep fewer than W
+    distance: torch.Tensor  # (B, N, W) squared distance
+    index: torch.Tensor | None  # (B, N, W) cluster index; None: dense, all M centres in order (under torch.compile)
+    kth: torch.Tensor  # (B, N, 1) the k-th smallest key: every centre whose key is at most this is kept
+
+
+def kept_centres(key: torch.Tensor, k: int, home: HomeDistances | None = None) -> KeptCentres:
+    """The ``k`` nearest centres by ``key`` ``(B, N, M)``, and every centre whose key equals the k-th one too (the
+    official tie rule), with their distances (``key``'s, or the home distances where given)."""
+    num_clusters = key.shape[-1]
+    if torch.compiler.is_compiling():  # dense: the graph cannot depend on how many entries tie
+        distance = key if home is None else key.scatter(-1, home.index, home.distance)
+        return KeptCentres(key, distance, None, key.topk(k, dim=-1, largest=False).values[..., -1:])
+    # one extra place shows whether any token ties beyond the k-th (then the official rule keeps more than k)
+    nearest = key.topk(min(k + 1, num_clusters), dim=-1, largest=False)
+    kth = nearest.values[..., k - 1 : k]
+    width = k
+    if k < num_clusters and bool((nearest.values[..., k] == nearest.values[..., k - 1]).any()):
+        width = int((key <= kth).sum(-1).amax())
+        nearest = key.topk(width, dim=-1, largest=False)
+    values, indices = nearest.values[..., :width], nearest.indices[..., :width]
+    distance = values if home is None else torch.where(indices == home.index, home.distance, values)
+    return KeptCentres(values, distance, indices, kth)
+
+
+def _concatenate(blocks: list[KeptCentres]) -> KeptCentres:
+    """Token blocks joined along the tokens, narrower blocks padded with entries that are never kept."""
+    if len(blocks) == 1:
+        return blocks[0]
+    width = max(block.key.shape[-1] for block in blocks)
+
+    def joined(field: int, pad: float) -> torch.Tensor:
+        return torch.cat([F.pad(block[field], (0, width - block[field].shape[-1]), value=pad) for block in blocks], 1)
+
+    return KeptCentres(joined(0, math.inf), joined(1, math.inf), joined(2, 0), torch.cat([b.kth for b in blocks], 1))
+
+
+def knn_weights(
+    kept: KeptCentres, temperature: float, normalization: ReconstructionNormalization, num_clusters: int
+) -> TokenReconstruction:
+    """Weights ``exp(-(d - min d) / temperature)`` on the kept centres, normalised. The nearest centre is always
+    among the kept ones: it ranks first, or second behind a home centre that won a rounding-level tie (and with
+    ``k = 1`` the single weight normalises to 1 whatever the shift)."""
+    nearest = kept.distance.amin(-1, keepdim=True)
+    weights = torch.exp(-(kept.distance - nearest) / temperature).masked_fill(kept.key > kept.kth, 0.0)
     if normalization == "l1":
         weights = weights / weights.sum(-1, keepdim=True)
     else:
         weights = F.normalize(weights, p=2.0, dim=-1)
-    return TokenReconstruction(weights, indices, num_clusters)
+    return TokenReconstruction(weights, kept.index, num_clusters)
 
 
-def hard_reconstruction(key: torch.Tensor) -> TokenReconstruction:
-    """Weight one on the nearest centre of each token (smallest ``key`` of ``(B, N, M)``)."""
-    nearest = key.argmin(-1, keepdim=True)
+def knn_reconstruction(
+    key: torch.Tensor,
+    k: int,
+    temperature: float,
+    normalization: ReconstructionNormalization,
+    home: HomeDistances | None = None,
+) -> TokenReconstruction:
+    """Top-k reconstruction from squared distances ``(B, N, M)`` (or a ranking key and the home distances, see
+    :func:`home_first_keys`): :func:`kept_centres`, then :func:`knn_weights`."""
+    _check_knn(key.shape[-1], k, normalization)
+    return knn_weights(kept_centres(key, k, home), temperature, normalization, key.shape[-1])
+
+
+def hard_reconstruction(nearest: torch.Tensor, num_clusters: int, dtype: torch.dtype) -> TokenReconstruction:
+    """Weight one on the nearest centre of each token, ``nearest`` ``(B, N, 1)``."""
     if torch.compiler.is_compiling():
-        return TokenReconstruction(F.one_hot(nearest[..., 0], key.shape[-1]).to(key.dtype), None, key.shape[-1])
-    return TokenReconstruction(torch.ones_like(nearest, dtype=key.dtype), nearest, key.shape[-1])
+        return TokenReconstruction(F.one_hot(nearest[..., 0], num_clusters).to(dtype), None, num_clusters)
+    return TokenReconstruction(torch.ones_like(nearest, dtype=dtype), nearest, num_clusters)
 
 
 @dataclass(frozen=True)
@@ -194,12 +281,17 @@ class TokenReconstruction:
         if mode == "knn":
             _check_knn(centres.shape[1], k, normalization)  # before any distance is computed
         z, shift = centred(tokens)
+        s = centres.to(z.dtype) - shift
         home = home_cells(grid, cluster_grid, z.device)
-        distances, key = home_first_distances(z, centres.to(z.dtype) - shift, home)
+        centre_norms, canonical = s.square().sum(-1), first_identical(s)
+        blocks = []
+        for rows in token_blocks(z.shape[1], z.shape[0], s.shape[1]):  # never the whole (B, N, M) at once
+            key, home_distances = home_first_keys(z[:, rows], s, home[rows], centre_norms, canonical)
+            blocks.append(key.argmin(-1, keepdim=True) if mode == "hard" else kept_centres(key, k, home_distances))
         if mode == "hard":
-            reconstruction = hard_reconstruction(key)
+            reconstruction = hard_reconstruction(torch.cat(blocks, 1), s.shape[1], z.dtype)
         else:
-            reconstruction = knn_reconstruction(distances, k, temperature, normalization, key)
+            reconstruction = knn_weights(_concatenate(blocks), temperature, normalization, s.shape[1])
         if not residual:
             return reconstruction
         detail = tokens.to(reconstruction.weights.dtype) - reconstruction(centres.to(reconstruction.weights.dtype))
