@@ -10,7 +10,7 @@ import torch
 
 from hf_expedite.benchmark.cases_vit import vit_case
 from hf_expedite.benchmark.ideal import IdealModel
-from hf_expedite.benchmark.measure import count_flops, run_case
+from hf_expedite.benchmark.measure import alternated_latencies, count_flops, run_case
 from hf_expedite.benchmark.registry import all_cases, suite_cases
 
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, patch_size=8)
@@ -88,6 +88,30 @@ def test_report_table_plot_and_case_registry(case, tmp_path):
     assert {"vit-b16-512", "vit-l16-640-ade20k"} <= set(all_cases())
     assert set(suite_cases("paper")) <= set(all_cases()) and set(suite_cases("scaling")) <= set(all_cases())
     assert script.main(["--list"]) == 0
+
+
+class _Recorded(torch.nn.Module):
+    """A model that notes its name in ``order`` at every forward."""
+
+    def __init__(self, name: str, model: torch.nn.Module, order: list[str]):
+        super().__init__()
+        self.name, self.model, self.order = name, model, order
+
+    def forward(self, **inputs):
+        self.order.append(self.name)
+        return self.model(**inputs)
+
+
+def test_alternated_latencies_rotate_the_order(case):
+    """Each round starts one model later (vanilla, expedited, ideal / expedited, ideal, vanilla / ...), so no model
+    always follows the same one; the warm-up round is not timed."""
+    order: list[str] = []
+    models = {"vanilla": case.vanilla, "expedited": case.expedited, "ideal": IdealModel(case.expedited)}
+    times = alternated_latencies({name: _Recorded(name, model, order) for name, model in models.items()},
+                                 case.inputs, repeats=3, warmup=1)  # fmt: skip
+    rounds = [order[index : index + 3] for index in range(0, len(order), 3)]
+    assert rounds == [list(models), ["expedited", "ideal", "vanilla"], ["ideal", "vanilla", "expedited"], list(models)]
+    assert {name: len(values) for name, values in times.items()} == dict.fromkeys(models, 3)
 
 
 def test_non_square_cases_and_overhead_replayed_on_its_own():

@@ -265,6 +265,24 @@ def test_gradients_flow_through_clustering_and_reconstruction():
         assert not cluster_tokens(tokens, grid, clusters).requires_grad
 
 
+def test_layout_cached_under_inference_mode_serves_autograd():
+    """The tiling is built once per sizes and reused; built first under ``torch.inference_mode``, it must still work
+    where autograd records (inference tensors cannot be saved for backward)."""
+    from hf_expedite.ops.clustering import _cached_local_layout
+
+    grid, clusters = (11, 13), (5, 6)
+    _cached_local_layout.cache_clear()
+    tokens = _tokens(grid, dtype=torch.float64)
+    with torch.inference_mode():
+        inferred = cluster_tokens(tokens, grid, clusters, temperature=4.0)
+    assert _cached_local_layout.cache_info().currsize == 1
+    tokens.requires_grad_()
+    centres = cluster_tokens(tokens, grid, clusters, temperature=4.0)
+    centres.square().sum().backward()
+    assert _cached_local_layout.cache_info().hits == 1
+    assert torch.equal(centres.detach(), inferred) and torch.isfinite(tokens.grad).all()
+
+
 def test_invalid_inputs_raise():
     tokens = _tokens((6, 6))
     with pytest.raises(ValueError, match="larger than the token grid"):

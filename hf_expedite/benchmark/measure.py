@@ -48,10 +48,15 @@ def _device(model: nn.Module) -> torch.device:
 def alternated_latencies(
     models: dict[str, nn.Module], inputs: dict[str, torch.Tensor], repeats: int = 5, warmup: int = 1
 ) -> dict[str, list[float]]:
-    """Seconds per forward of each model, measured in turns (A, B, A, B, ...) after ``warmup`` rounds."""
+    """Seconds per forward of each model, measured in turns after ``warmup`` rounds. The order rotates from round to
+    round (A B C, B C A, C A B, ...), so that no model always runs after the same one (whose memory the allocator
+    has just released) and each takes every place equally often over a multiple of ``len(models)`` rounds."""
     times: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
     for round_index in range(warmup + repeats):
-        for name, model in models.items():
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            model = models[name]
             device = _device(model)
             _synchronize(device)
             start = time.perf_counter()

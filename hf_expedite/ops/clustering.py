@@ -43,8 +43,9 @@ def check_grids(grid: tuple[int, int], cluster_grid: tuple[int, int]) -> None:
 def home_cells(grid: tuple[int, int], cluster_grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
     """The home cluster cell (row-major index into ``cluster_grid``) of every token of ``grid``, as int64 ``(N,)``:
     ``F.interpolate(mode="nearest")`` of the label grid, the rule of the official code (see :func:`nearest_sources`)."""
-    rows, cols = nearest_sources(grid[0], cluster_grid[0]), nearest_sources(grid[1], cluster_grid[1])
-    return torch.tensor([row * cluster_grid[1] + col for row in rows for col in cols], dtype=torch.long, device=device)
+    rows = torch.tensor(nearest_sources(grid[0], cluster_grid[0]), dtype=torch.long, device=device)
+    cols = torch.tensor(nearest_sources(grid[1], cluster_grid[1]), dtype=torch.long, device=device)
+    return (rows[:, None] * cluster_grid[1] + cols[None, :]).flatten()
 
 
 def nearest_sources(output_size: int, input_size: int) -> list[int]:
@@ -100,7 +101,28 @@ def _axis_tiles(
 def local_layout(
     grid: tuple[int, int], cluster_grid: tuple[int, int], window_size: int, device: torch.device | None = None
 ) -> LocalLayout:
-    """Tiling of ``grid`` / ``cluster_grid`` for :func:`cluster_tokens` (see :class:`LocalLayout`)."""
+    """Tiling of ``grid`` / ``cluster_grid`` for :func:`cluster_tokens` (see :class:`LocalLayout`).
+
+    It depends on the sizes alone, so it is built once per sizes and device and reused (the callers only read it);
+    under ``torch.compile`` it is traced as part of the graph instead.
+    """
+    if torch.compiler.is_compiling():
+        return _build_local_layout(grid, cluster_grid, window_size, device)
+    key = (tuple(map(int, grid)), tuple(map(int, cluster_grid)), int(window_size))
+    return _cached_local_layout(*key, None if device is None else torch.device(device))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_local_layout(
+    grid: tuple[int, int], cluster_grid: tuple[int, int], window_size: int, device: torch.device | None
+) -> LocalLayout:
+    with torch.inference_mode(False):  # normal tensors, usable where autograd records (not inference tensors)
+        return _build_local_layout(grid, cluster_grid, window_size, device)
+
+
+def _build_local_layout(
+    grid: tuple[int, int], cluster_grid: tuple[int, int], window_size: int, device: torch.device | None
+) -> LocalLayout:
     (height, width), (rows, cols) = grid, cluster_grid
     radius = window_size // 2
     tile, region_radius = max(window_size - 1, 1), radius
@@ -207,11 +229,11 @@ def cluster_tokens(
     layout = local_layout(grid, cluster_grid, window_size, x.device)
     num_tiles, tile_tokens = layout.tile_tokens.shape
     tile_clusters = layout.tile_centres.shape[1]
-    # Row N of the tokens and row M of the centres are zeros that stand for empty tile slots. Empty token slots
-    # get zero assignment, so the extra centre row stays zero through the updates.
-    x = torch.cat([x, x.new_zeros(batch, 1, channels)], 1)
+    # Row M of the centres stands for region slots outside the grid, which no token may join. Empty token slots
+    # (index N) read the last token instead: their assignments are zeroed, so they add nothing to any centre.
     centres = torch.cat([centres, centres.new_zeros(batch, 1, channels)], 1)
-    x_tiles = x.index_select(1, layout.tile_tokens.view(-1)).view(batch * num_tiles, tile_tokens, channels)  # once
+    slots = layout.tile_tokens.view(-1).clamp(max=x.shape[1] - 1)
+    x_tiles = x.index_select(1, slots).view(batch * num_tiles, tile_tokens, channels)  # gathered once
     # softmax(-|x - s|^2 / t) over a token's candidates = softmax((2<x, s> - |s|^2) / t): |x|^2 is constant per
     # token. Forbidden pairs get -inf; empty token slots allow everything (finite) and are zeroed afterwards.
     forbidden = ~(layout.allowed | ~layout.token_valid[..., None])
