@@ -1,8 +1,9 @@
 """Measurements behind ``scripts/benchmark.py``: latency side by side, FLOPs, and the cost of Expedite's own layers.
 
 * Latency: the vanilla, the expedited and the ideal model (:mod:`hf_expedite.benchmark.ideal`: tokens dropped and
-  restored by index, the limit of the speed-up) run alternately in one process on the same inputs, so all see the
-  same machine state; the medians, the speed-up and the ratio to the ideal speed-up are reported.
+  restored by index, the limit of the speed-up) run alternately in one process on the same inputs, in an order that
+  rotates every round, so all see the same machine state; the medians, the speed-up and the ratio to the ideal
+  speed-up are reported.
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per multiply-add (the paper's "GFLOPs"
   are multiply-adds, i.e. half of these). It counts matrix products, convolutions and attention, not element-wise
   work; the CPU kernel of scaled-dot-product attention, which torch does not register, is added here.
