@@ -201,10 +201,16 @@ def _concatenate(blocks: list[KeptCentres]) -> KeptCentres:
         return blocks[0]
     width = max(block.key.shape[-1] for block in blocks)
 
-    def joined(field: int, pad: float) -> torch.Tensor:
-        return torch.cat([F.pad(block[field], (0, width - block[field].shape[-1]), value=pad) for block in blocks], 1)
+    def joined(field: str, pad: float) -> torch.Tensor:
+        parts = [getattr(block, field) for block in blocks]
+        return torch.cat([F.pad(part, (0, width - part.shape[-1]), value=pad) for part in parts], 1)
 
-    return KeptCentres(joined(0, math.inf), joined(1, math.inf), joined(2, 0), torch.cat([b.kth for b in blocks], 1))
+    return KeptCentres(
+        key=joined("key", math.inf),
+        distance=joined("distance", math.inf),
+        index=joined("index", 0),
+        kth=torch.cat([block.kth for block in blocks], 1),
+    )
 
 
 def knn_weights(
