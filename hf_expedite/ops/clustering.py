@@ -151,6 +151,14 @@ def _build_local_layout(
     )
 
 
+def batch_rows(index: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """Row indices into the ``(batch * length, C)`` flattening of a ``(batch, length, C)`` tensor: ``index`` in every
+    item. Gathers and scatters run on that 2-D view along dim 0, the fast path on CPU (along dim 1 of the 3-D tensor,
+    ``index_select`` is an order of magnitude slower)."""
+    offsets = torch.arange(0, batch * length, length, device=index.device)
+    return (offsets[:, None] + index[None, :]).flatten()
+
+
 def initial_centres(tokens: torch.Tensor, grid: tuple[int, int], cluster_grid: tuple[int, int]) -> torch.Tensor:
     """Adaptive average pooling of the ``(B, N, C)`` token map to ``(B, M, C)`` centres.
 
@@ -232,28 +240,26 @@ def cluster_tokens(
     # Row M of the centres stands for region slots outside the grid, which no token may join. Empty token slots
     # (index N) read the last token instead: their assignments are zeroed, so they add nothing to any centre.
     centres = torch.cat([centres, centres.new_zeros(batch, 1, channels)], 1)
-    slots = layout.tile_tokens.view(-1).clamp(max=x.shape[1] - 1)
-    x_tiles = x.index_select(1, slots).view(batch * num_tiles, tile_tokens, channels)  # gathered once
+    slots = batch_rows(layout.tile_tokens.view(-1).clamp(max=x.shape[1] - 1), batch, x.shape[1])
+    x_tiles = x.reshape(-1, channels).index_select(0, slots).view(batch * num_tiles, tile_tokens, channels)
     # softmax(-|x - s|^2 / t) over a token's candidates = softmax((2<x, s> - |s|^2) / t): |x|^2 is constant per
     # token. Forbidden pairs get -inf; empty token slots allow everything (finite) and are zeroed afterwards.
     forbidden = ~(layout.allowed | ~layout.token_valid[..., None])
     mask = torch.zeros(forbidden.shape, dtype=x.dtype, device=x.device).masked_fill_(forbidden, -math.inf)
     token_weight = layout.token_valid.to(x.dtype)[None, :, :, None]
-    flat_centres = layout.tile_centres.reshape(-1)
+    region_rows = batch_rows(layout.tile_centres.view(-1), batch, num_clusters + 1)
     for _ in range(iterations):
-        region = centres.index_select(1, flat_centres).view(batch * num_tiles, tile_clusters, channels)
-        norms = centres.square().sum(-1).index_select(1, flat_centres).view(batch, num_tiles, 1, tile_clusters)
+        region = centres.view(-1, channels).index_select(0, region_rows).view(-1, tile_clusters, channels)
+        norms = centres.square().sum(-1).view(-1).index_select(0, region_rows).view(batch, num_tiles, 1, -1)
         bias = mask - norms / temperature
         logits = torch.baddbmm(bias.reshape(batch * num_tiles, tile_tokens, tile_clusters), x_tiles,
                                region.transpose(1, 2), alpha=2.0 / temperature)
         assign = torch.softmax(logits, dim=-1).view(batch, num_tiles, tile_tokens, tile_clusters) * token_weight
         assign = assign.reshape(batch * num_tiles, tile_tokens, tile_clusters)
-        numerator = x.new_zeros(batch, num_clusters + 1, channels)
-        weighted = (assign.transpose(1, 2) @ x_tiles).view(batch, num_tiles * tile_clusters, channels)
-        numerator.index_add_(1, flat_centres, weighted)
-        mass = assign.sum(1).view(batch, num_tiles * tile_clusters)
-        denominator = x.new_zeros(batch, num_clusters + 1).index_add_(1, flat_centres, mass)
-        centres = weighted_means(numerator, denominator, shift)
+        numerator, mass = x.new_zeros(centres.shape), x.new_zeros(centres.shape[:2])
+        numerator.view(-1, channels).index_add_(0, region_rows, (assign.transpose(1, 2) @ x_tiles).view(-1, channels))
+        mass.view(-1).index_add_(0, region_rows, assign.sum(1).view(-1))
+        centres = weighted_means(numerator, mass, shift)
     centres = centres[:, :num_clusters]
     return (centres + shift).to(tokens.dtype)
 
