@@ -34,7 +34,7 @@ def _optional(value: float | None, spec: str) -> str:
 def markdown_table(results: list[CaseResult]) -> str:
     """The results as a markdown table (FLOPs counted by torch.utils.flop_counter: 2 per multiply-add)."""
     lines = [
-        "| case | vanilla ms | expedited ms | speedup | ideal ms | ratio to ideal | throughput ratio (batch) | "
+        "| case | vanilla ms | expedited ms | speedup | ideal ms | ratio to ideal (IQR) | throughput ratio (batch) | "
         "GFLOPs vanilla -> expedited | FLOPs ratio | backbone FLOPs ratio | clustering + reconstruction | "
         "peak MB vanilla -> expedited | output rel. error |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -43,7 +43,7 @@ def markdown_table(results: list[CaseResult]) -> str:
         throughput = "-" if r.throughput_ratio is None else f"{r.throughput_ratio:.2f}x ({r.throughput_batch})"
         lines.append(
             f"| {r.name} | {r.vanilla_ms:.0f} | {r.expedited_ms:.0f} | {r.speedup:.2f}x | {r.ideal_ms:.0f} | "
-            f"{r.ratio_to_ideal:.2f} | {throughput} | "
+            f"{r.ratio_to_ideal:.2f} ({r.ratio_to_ideal_iqr[0]:.2f}-{r.ratio_to_ideal_iqr[1]:.2f}) | {throughput} | "
             f"{r.vanilla_gflops:.1f} -> {r.expedited_gflops:.1f} | {r.flops_ratio:.3f} | "
             f"{_optional(r.backbone_flops_ratio, '.3f')} | "
             f"{r.overhead_share:.1%} ({r.clustering_ms:.1f} + {r.reconstruction_ms:.1f} ms) | "
@@ -112,12 +112,16 @@ def plot_scaling(results: list[CaseResult], path: str) -> None:
     speed.plot(names, [r.vanilla_ms / r.ideal_ms for r in results], marker="s", linestyle="--", label="ideal (limit)")
     speed.set_ylabel("speed-up over vanilla")
     speed.legend()
-    ratio.plot(names, [r.ratio_to_ideal for r in results], marker="o")
+    ratios = [r.ratio_to_ideal for r in results]
+    spread = [[m - r.ratio_to_ideal_iqr[0] for m, r in zip(ratios, results)],
+              [r.ratio_to_ideal_iqr[1] - m for m, r in zip(ratios, results)]]  # fmt: skip
+    ratio.errorbar(names, ratios, yerr=spread, marker="o", capsize=3, label="median over rounds, interquartile range")
+    ratio.legend()
     ratio.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ratio.set_ylabel("expedited speed-up / ideal speed-up")
     for axes in (speed, ratio):
         axes.tick_params(axis="x", labelrotation=20, labelsize=8)
-    figure.suptitle("Expedite vs resolution (median latency ratios, same process, alternated)")
+    figure.suptitle("Expedite vs resolution (latency ratios within each round, same process, alternated)")
     figure.tight_layout()
     figure.savefig(path, dpi=150)
 

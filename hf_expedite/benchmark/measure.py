@@ -2,8 +2,10 @@
 
 * Latency: the vanilla, the expedited and the ideal model (:mod:`hf_expedite.benchmark.ideal`: tokens dropped and
   restored by index, the limit of the speed-up) run alternately in one process on the same inputs, in an order that
-  rotates every round, so all see the same machine state; the medians, the speed-up and the ratio to the ideal
-  speed-up are reported.
+  rotates every round, so all see the same machine state. The median latencies are reported; the speed-up and the
+  ratio to the ideal speed-up are the medians of the ratios within each round (paired: a burst of load on a shared
+  machine slows the models of one round together and leaves the ratio of that round nearly unchanged, where it
+  would move a ratio of medians), the ratio to ideal with its interquartile range over the rounds.
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per multiply-add (the paper's "GFLOPs"
   are multiply-adds, i.e. half of these). It counts matrix products, convolutions and attention, not element-wise
   work; the CPU kernel of scaled-dot-product attention, which torch does not register, is added here.
@@ -66,6 +68,19 @@ def alternated_latencies(
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+def round_ratios(times: dict[str, list[float]], numerator: str, denominator: str) -> list[float]:
+    """``numerator / denominator`` latency within each round of :func:`alternated_latencies`."""
+    return [top / bottom for top, bottom in zip(times[numerator], times[denominator], strict=True)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """First quartile, median and third quartile (inclusive method: within the values' range for any count)."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    first, median, third = statistics.quantiles(values, n=4, method="inclusive")
+    return first, median, third
 
 
 def _module_key(root: nn.Module, module: nn.Module) -> str:
@@ -197,7 +212,8 @@ class CaseResult:
     expedited_ms: float
     speedup: float
     ideal_ms: float
-    ratio_to_ideal: float  # expedited speed-up / ideal speed-up = ideal_ms / expedited_ms
+    ratio_to_ideal: float  # expedited speed-up / ideal speed-up: median over rounds of ideal / expedited latency
+    ratio_to_ideal_iqr: tuple[float, float]  # its first and third quartile over the rounds
     vanilla_gflops: float
     expedited_gflops: float
     flops_ratio: float
@@ -237,6 +253,7 @@ def run_case(
     times = alternated_latencies(timed, case.inputs, repeats, warmup)
     vanilla_s, expedited_s = statistics.median(times["vanilla"]), statistics.median(times["expedited"])
     ideal_s = statistics.median(times["ideal"])
+    ideal_first, ideal_ratio, ideal_third = quartiles(round_ratios(times, "ideal", "expedited"))
     flops = {name: count_flops(model, case.inputs) for name, model in models.items()}
     overhead = expedite_overhead(case.expedited, case.inputs, repeats)
     result = CaseResult(
@@ -244,9 +261,10 @@ def run_case(
         description=case.description,
         vanilla_ms=vanilla_s * 1e3,
         expedited_ms=expedited_s * 1e3,
-        speedup=vanilla_s / expedited_s,
+        speedup=statistics.median(round_ratios(times, "vanilla", "expedited")),
         ideal_ms=ideal_s * 1e3,
-        ratio_to_ideal=ideal_s / expedited_s,
+        ratio_to_ideal=ideal_ratio,
+        ratio_to_ideal_iqr=(ideal_first, ideal_third),
         vanilla_gflops=flops["vanilla"] / 1e9,
         expedited_gflops=flops["expedited"] / 1e9,
         flops_ratio=flops["expedited"] / flops["vanilla"],
