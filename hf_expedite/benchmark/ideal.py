@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import hourglass
-from ..ops.clustering import batch_rows, home_cells
+from ..ops.clustering import home_cells, take_rows
 from ..settings import ExpediteSettings
 
 
@@ -28,14 +28,7 @@ class IndexReconstruction:
         self.num_clusters = num_clusters
 
     def __call__(self, reduced: torch.Tensor) -> torch.Tensor:
-        return _take_rows(reduced, self.home.to(reduced.device))
-
-
-def _take_rows(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``tokens[:, index]`` for ``(B, L, C)`` tokens, gathered on the flattened rows (the fastest copy on CPU)."""
-    batch, length, channels = tokens.shape
-    rows = batch_rows(index, batch, length)
-    return tokens.reshape(-1, channels).index_select(0, rows).view(batch, -1, channels)
+        return take_rows(reduced, self.home.to(reduced.device))
 
 
 def drop_tokens(
@@ -46,7 +39,7 @@ def drop_tokens(
     num_clusters = clusters[0] * clusters[1]
     positions = torch.arange(home.numel(), device=tokens.device)
     first = torch.full((num_clusters,), home.numel(), device=tokens.device).scatter_reduce(0, home, positions, "amin")
-    return _take_rows(tokens, first), IndexReconstruction(home, num_clusters)
+    return take_rows(tokens, first), IndexReconstruction(home, num_clusters)
 
 
 class IdealModel(nn.Module):

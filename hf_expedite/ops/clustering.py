@@ -159,6 +159,13 @@ def batch_rows(index: torch.Tensor, batch: int, length: int) -> torch.Tensor:
     return (offsets[:, None] + index[None, :]).flatten()
 
 
+def take_rows(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tokens[:, index]`` for ``(B, L, C)`` tokens and an ``(K,)`` index, gathered on the flattened rows
+    (:func:`batch_rows`)."""
+    batch, length, channels = tokens.shape
+    return tokens.reshape(-1, channels).index_select(0, batch_rows(index, batch, length)).view(batch, -1, channels)
+
+
 def initial_centres(tokens: torch.Tensor, grid: tuple[int, int], cluster_grid: tuple[int, int]) -> torch.Tensor:
     """Adaptive average pooling of the ``(B, N, C)`` token map to ``(B, M, C)`` centres.
 
@@ -240,8 +247,8 @@ def cluster_tokens(
     # Row M of the centres stands for region slots outside the grid, which no token may join. Empty token slots
     # (index N) read the last token instead: their assignments are zeroed, so they add nothing to any centre.
     centres = torch.cat([centres, centres.new_zeros(batch, 1, channels)], 1)
-    slots = batch_rows(layout.tile_tokens.view(-1).clamp(max=x.shape[1] - 1), batch, x.shape[1])
-    x_tiles = x.reshape(-1, channels).index_select(0, slots).view(batch * num_tiles, tile_tokens, channels)
+    slots = layout.tile_tokens.view(-1).clamp(max=x.shape[1] - 1)
+    x_tiles = take_rows(x, slots).view(batch * num_tiles, tile_tokens, channels)  # gathered once
     # softmax(-|x - s|^2 / t) over a token's candidates = softmax((2<x, s> - |s|^2) / t): |x|^2 is constant per
     # token. Forbidden pairs get -inf; empty token slots allow everything (finite) and are zeroed afterwards.
     forbidden = ~(layout.allowed | ~layout.token_valid[..., None])

@@ -44,7 +44,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .clustering import batch_rows, centred, home_cells, without_autocast
+from .clustering import centred, home_cells, take_rows, without_autocast
 
 ReconstructionMode = Literal["knn", "hard"]
 ReconstructionNormalization = Literal["l1", "l2"]
@@ -151,12 +151,9 @@ def home_first_keys(
     key = squared_distances(tokens, centres, token_norms, centre_norms)
     if canonical is not None:
         key = key.gather(-1, canonical[:, None, :].expand_as(key))
-    batch, count, channels = centres.shape
-    index = home.view(1, -1, 1).expand(batch, -1, 1)
-    rows = batch_rows(home, batch, count)  # the home centre of every token, gathered on the flattened centres
-    home_centres = centres.reshape(-1, channels).index_select(0, rows).view_as(tokens)
-    direct = (tokens - home_centres).square().sum(-1, keepdim=True)
-    scale = token_norms[..., None] + centre_norms.reshape(-1).index_select(0, rows).view(batch, -1, 1)
+    index = home.view(1, -1, 1).expand(tokens.shape[0], -1, 1)
+    direct = (tokens - take_rows(centres, home)).square().sum(-1, keepdim=True)
+    scale = token_norms[..., None] + take_rows(centre_norms[..., None], home)
     rounding = (tokens.shape[-1] + 2) * torch.finfo(tokens.dtype).eps * scale
     lowered = direct - rounding
     key = key.scatter(-1, index, lowered) if _records_graph(key) else key.scatter_(-1, index, lowered)
