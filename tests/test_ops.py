@@ -133,14 +133,16 @@ def _official_dense_weights(tokens, centres, k, temperature, normalization):
 BLOCKS = [None, 50 * 2 * 48]
 
 
+@pytest.mark.parametrize("group", [8, 2])  # 2: the nearest centres are found through group minima (smallest)
 @pytest.mark.parametrize("block_pairs", BLOCKS)
 @pytest.mark.parametrize("normalization", ["l1", "l2"])
-def test_sparse_weights_are_the_dense_ones_ties_included(normalization, block_pairs, monkeypatch):
+def test_sparse_weights_are_the_dense_ones_ties_included(normalization, block_pairs, group, monkeypatch):
     """Only the kept weights are stored, (B, N, W); they are the dense form's, including the tokens that keep more
     than k because identical centres tie with the k-th, whether the distances are computed for all tokens at once
-    or block by block."""
+    or block by block, and whether the nearest centres are searched in whole rows or through group minima."""
     if block_pairs:
         monkeypatch.setattr(reconstruction_module, "BLOCK_PAIRS", block_pairs)
+    monkeypatch.setattr(reconstruction_module, "GROUP", group)
     grid, clusters, k = (12, 16), (6, 8), 5
     tokens = _tokens(grid, channels=24, dtype=torch.float64)
     centres = cluster_tokens(tokens, grid, clusters, iterations=2, temperature=4.0)
@@ -155,6 +157,30 @@ def test_sparse_weights_are_the_dense_ones_ties_included(normalization, block_pa
     assert ((reconstruction.dense_weights()[0, [5, 77]][:, [3, 9, 17, 40]]) > 0).all()
     # item 1 has no tie: its tokens keep exactly k weights
     assert ((reconstruction.weights[1] > 0).sum(-1) == k).all()
+
+
+@pytest.mark.parametrize(
+    "columns, count",
+    [(1024, 21), (784, 21), (2048, 21), (100, 6), (64, 64)],  # narrowed by groups of 8; whole rows: the other three
+)
+def test_smallest_entries_equal_topk(columns, count):
+    """The narrowing through group minima finds what ``topk`` finds: the same values in the same order, at the same
+    columns (the values are distinct)."""
+    key = torch.rand(3, 50, columns, generator=torch.Generator().manual_seed(columns), dtype=torch.float64)
+    found, expected = reconstruction_module.smallest(key, count), key.topk(count, dim=-1, largest=False)
+    assert torch.equal(found.values, expected.values) and torch.equal(found.indices, expected.indices)
+
+
+def test_smallest_entries_with_ties():
+    """Rows of few distinct values, which tie inside the smallest entries, between group minima and with entries left
+    out: the values are still ``topk``'s, at 21 different columns that hold them."""
+    generator = torch.Generator().manual_seed(0)
+    for levels in (3, 40, 1000):
+        key = torch.randint(0, levels, (2, 64, 1024), generator=generator).double()
+        found = reconstruction_module.smallest(key, 21)
+        assert torch.equal(found.values, key.topk(21, dim=-1, largest=False).values)
+        assert torch.equal(key.gather(-1, found.indices), found.values)
+        assert (found.indices.sort(-1).values.diff(dim=-1) > 0).all()  # 21 different columns
 
 
 @pytest.mark.parametrize("block_pairs", [None, 100 * 2 * 192])

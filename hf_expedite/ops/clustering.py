@@ -205,7 +205,7 @@ def weighted_means(numerator: torch.Tensor, mass: torch.Tensor, shift: torch.Ten
     cluster with mass above the floor that correction is exactly zero.
     """
     floored = mass.clamp_min(1e-16)
-    return numerator / floored[..., None] + shift * (mass / floored - 1)[..., None]
+    return (numerator / floored[..., None]).addcmul_(shift, (mass / floored - 1)[..., None])
 
 
 def _check_inputs(tokens: torch.Tensor, grid: tuple[int, int], cluster_grid: tuple[int, int], window_size: int) -> None:
@@ -235,10 +235,11 @@ def cluster_tokens(
         window_size: odd locality window, in cluster-grid cells.
     """
     _check_inputs(tokens, grid, cluster_grid, window_size)
-    pooled = initial_centres(tokens.to(torch.promote_types(tokens.dtype, torch.float32)), grid, cluster_grid)
+    x = tokens.to(torch.promote_types(tokens.dtype, torch.float32))
+    pooled = initial_centres(x, grid, cluster_grid)
     if iterations == 0:  # pooled from the tokens themselves: exact when the cluster grid equals the token grid
         return pooled.to(tokens.dtype)
-    x, shift = centred(tokens)
+    shift = x.mean(1, keepdim=True)  # the tokens are centred (see :func:`centred`) as they are gathered into tiles
     centres = pooled - shift
     batch, num_clusters, channels = centres.shape
     layout = local_layout(grid, cluster_grid, window_size, x.device)
@@ -248,27 +249,39 @@ def cluster_tokens(
     # (index N) read the last token instead: their assignments are zeroed, so they add nothing to any centre.
     centres = torch.cat([centres, centres.new_zeros(batch, 1, channels)], 1)
     slots = layout.tile_tokens.view(-1).clamp(max=x.shape[1] - 1)
-    x_tiles = take_rows(x, slots).view(batch * num_tiles, tile_tokens, channels)  # gathered once
+    x_tiles = take_rows(x, slots).sub_(shift).view(batch * num_tiles, tile_tokens, channels)  # gathered once
     # softmax(-|x - s|^2 / t) over a token's candidates = softmax((2<x, s> - |s|^2) / t): |x|^2 is constant per
     # token. Forbidden pairs get -inf; empty token slots allow everything (finite) and are zeroed afterwards.
     forbidden = ~(layout.allowed | ~layout.token_valid[..., None])
     mask = torch.zeros(forbidden.shape, dtype=x.dtype, device=x.device).masked_fill_(forbidden, -math.inf)
     token_weight = layout.token_valid.to(x.dtype)[None, :, :, None]
     region_rows = batch_rows(layout.tile_centres.view(-1), batch, num_clusters + 1)
+    # Without autograd (and outside torch.compile, which plans its own memory) the two large per-iteration products
+    # (regions, then their partial sums: same shape) and the logits are written into buffers allocated once: fresh
+    # tensors of this size would page-fault at every iteration.
+    reuse = not (torch.compiler.is_compiling() or (torch.is_grad_enabled() and tokens.requires_grad))
+    regions = x.new_empty(batch * num_tiles, tile_clusters, channels) if reuse else None
+    logits = x.new_empty(batch * num_tiles, tile_tokens, tile_clusters) if reuse else None
     for _ in range(iterations):
-        region = centres.view(-1, channels).index_select(0, region_rows).view(-1, tile_clusters, channels)
+        region = torch.index_select(centres.view(-1, channels), 0, region_rows, out=_rows(regions))
         norms = centres.square().sum(-1).view(-1).index_select(0, region_rows).view(batch, num_tiles, 1, -1)
-        bias = mask - norms / temperature
-        logits = torch.baddbmm(bias.reshape(batch * num_tiles, tile_tokens, tile_clusters), x_tiles,
-                               region.transpose(1, 2), alpha=2.0 / temperature)
-        assign = torch.softmax(logits, dim=-1).view(batch, num_tiles, tile_tokens, tile_clusters) * token_weight
+        bias = (mask - norms / temperature).view(batch * num_tiles, tile_tokens, tile_clusters)
+        region = region.view(-1, tile_clusters, channels).transpose(1, 2)
+        scores = torch.baddbmm(bias, x_tiles, region, alpha=2.0 / temperature, out=logits)
+        assign = torch.softmax(scores, dim=-1).view(batch, num_tiles, tile_tokens, tile_clusters) * token_weight
         assign = assign.reshape(batch * num_tiles, tile_tokens, tile_clusters)
+        sums = torch.bmm(assign.transpose(1, 2), x_tiles, out=regions)  # the regions are no longer needed
         numerator, mass = x.new_zeros(centres.shape), x.new_zeros(centres.shape[:2])
-        numerator.view(-1, channels).index_add_(0, region_rows, (assign.transpose(1, 2) @ x_tiles).view(-1, channels))
+        numerator.view(-1, channels).index_add_(0, region_rows, sums.view(-1, channels))
         mass.view(-1).index_add_(0, region_rows, assign.sum(1).view(-1))
         centres = weighted_means(numerator, mass, shift)
     centres = centres[:, :num_clusters]
     return (centres + shift).to(tokens.dtype)
+
+
+def _rows(buffer: torch.Tensor | None) -> torch.Tensor | None:
+    """A ``(..., C)`` buffer as ``(rows, C)``, the shape ``index_select`` writes (``None`` stays ``None``)."""
+    return None if buffer is None else buffer.view(-1, buffer.shape[-1])
 
 
 def cluster_tokens_dense(
