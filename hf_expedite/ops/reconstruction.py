@@ -196,7 +196,8 @@ def kept_centres(key: torch.Tensor, k: int, home: HomeDistances | None = None) -
 
 
 GROUP = 8
-"""Columns per group in :func:`smallest`'s first pass."""
+"""Columns per group in :func:`smallest`'s first pass (8: the fastest of 4 to 32, measured for k = 20 on rows of 400
+to 4096 columns, where the narrowing takes 0.5 to 0.9 of ``topk``'s time)."""
 
 
 def smallest(key: torch.Tensor, count: int) -> torch.return_types.topk:
@@ -211,8 +212,7 @@ def smallest(key: torch.Tensor, count: int) -> torch.return_types.topk:
     """
     columns = key.shape[-1]
     groups = columns // GROUP
-    # torch's CPU top-k partially sorts rows of at least 64 * count entries, which is as fast as this narrowing
-    if columns % GROUP or groups < 2 * count or columns >= 64 * count:
+    if columns % GROUP or groups < 2 * count:  # fewer groups: no faster than topk
         return key.topk(count, dim=-1, largest=False)
     chosen = key.unflatten(-1, (GROUP, groups)).amin(-2).topk(count, dim=-1, largest=False).indices
     candidates = (chosen[..., None] + torch.arange(0, columns, groups, device=key.device)).flatten(-2)
