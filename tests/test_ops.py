@@ -410,6 +410,20 @@ def test_identical_centres_are_grouped_per_batch_item():
     assert first_identical(centres).tolist() == [[0, 1, 2, 1, 4], [0, 1, 0, 3, 0]]
 
 
+def test_duplicate_centres_take_the_distances_of_their_first():
+    """With ``canonical`` given, every duplicate centre's column of the ranking key is its first identical centre's,
+    copied (whatever the matrix product rounded); the other columns are left as computed."""
+    from hf_expedite.ops.reconstruction import home_first_keys
+
+    tokens, centres = torch.randn(2, 6, 4), torch.randn(2, 5, 4)
+    home = torch.zeros(6, dtype=torch.long)  # column 0 holds the home keys and is its own canonical centre
+    canonical = torch.tensor([[0, 1, 2, 1, 4], [0, 1, 1, 3, 3]])
+    key, _ = home_first_keys(tokens, centres, home, canonical=canonical)
+    computed, _ = home_first_keys(tokens, centres, home)
+    for item in range(2):
+        assert torch.equal(key[item], computed[item][:, canonical[item]])
+
+
 def test_clustering_and_reconstruction_ignore_the_callers_autocast():
     """Under CPU autocast (bfloat16) the distance products still run in float32: the same centres and reconstructions,
     bit for bit, as without autocast (a bfloat16 expanded-form distance would cancel catastrophically)."""

@@ -149,8 +149,13 @@ def home_first_keys(
     centre_norms = centres.square().sum(-1) if centre_norms is None else centre_norms
     token_norms = tokens.square().sum(-1)
     key = squared_distances(tokens, centres, token_norms, centre_norms)
-    if canonical is not None:
-        key = key.gather(-1, canonical[:, None, :].expand_as(key))
+    if canonical is not None:  # copy the columns of the (few) duplicates from their canonical centre
+        positions = torch.arange(canonical.shape[1], device=canonical.device)
+        items, duplicates = (canonical != positions).nonzero(as_tuple=True)
+        columns = key.transpose(1, 2)
+        copied = columns[items, canonical[items, duplicates]]
+        put = columns.index_put if _records_graph(key) else columns.index_put_
+        key = put((items, duplicates), copied).transpose(1, 2)
     index = home.view(1, -1, 1).expand(tokens.shape[0], -1, 1)
     direct = take_rows(centres, home).sub_(tokens).square().sum(-1, keepdim=True)  # |s - z|^2, no extra copy
     scale = token_norms[..., None] + take_rows(centre_norms[..., None], home)
@@ -183,16 +188,36 @@ def kept_centres(key: torch.Tensor, k: int, home: HomeDistances | None = None) -
     if torch.compiler.is_compiling():  # dense: the graph cannot depend on how many entries tie
         distance = key if home is None else key.scatter(-1, home.index, home.distance)
         return KeptCentres(key, distance, None, key.topk(k, dim=-1, largest=False).values[..., -1:])
-    # one extra place shows whether any token ties beyond the k-th (then the official rule keeps more than k)
+    # one extra place shows which tokens tie beyond the k-th (the official rule then keeps more than k)
     nearest = smallest(key, min(k + 1, num_clusters))
     kth = nearest.values[..., k - 1 : k]
-    width = k
-    if k < num_clusters and bool((nearest.values[..., k] == nearest.values[..., k - 1]).any()):
-        width = int((key <= kth).sum(-1).amax())
-        nearest = key.topk(width, dim=-1, largest=False)
-    values, indices = nearest.values[..., :width], nearest.indices[..., :width]
+    values, indices = nearest.values[..., :k], nearest.indices[..., :k]
+    if k < num_clusters:
+        tied = (nearest.values[..., k] == kth[..., 0]).nonzero(as_tuple=True)
+        if len(tied[0]):
+            values, indices = with_ties(key, kth, tied, values, indices)
     distance = values if home is None else torch.where(indices == home.index, home.distance, values)
     return KeptCentres(values, distance, indices, kth)
+
+
+def with_ties(
+    key: torch.Tensor,
+    kth: torch.Tensor,
+    tied: tuple[torch.Tensor, torch.Tensor],
+    values: torch.Tensor,
+    indices: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(B, N, k)`` kept keys and indices widened to every entry of the ``tied`` tokens (item and token indices)
+    whose key equals their k-th one. Only those rows are searched again; the others are padded with ``+inf`` keys
+    (never kept) on their nearest centre."""
+    row_keys = key[tied]
+    width = int((row_keys <= kth[tied]).sum(-1).amax())
+    wide = smallest(row_keys, width)
+    pad = width - values.shape[-1]
+    values = F.pad(values, (0, pad), value=math.inf)
+    indices = torch.cat([indices, indices[..., :1].expand(*indices.shape[:-1], pad)], -1)
+    values[tied], indices[tied] = wide.values, wide.indices
+    return values, indices
 
 
 GROUP = 8
