@@ -45,6 +45,9 @@ def test_ratios_are_paired_within_rounds():
     assert quartiles([0.97]) == (0.97, 0.97, 0.97)
     with pytest.raises(ValueError):
         round_ratios({"ideal": [1.0, 2.0], "expedited": [1.0]}, "ideal", "expedited")
+    # a share of several parts: their sum within each round
+    parts = {"clustering": [0.1, 0.3], "reconstruction": [0.1, 0.2], "expedited": [2.0, 10.0]}
+    assert round_ratios(parts, ("clustering", "reconstruction"), "expedited") == pytest.approx([0.1, 0.05])
 
 
 def test_flop_count_matches_a_hand_count(case):
@@ -64,10 +67,10 @@ def test_run_case_reports_side_by_side_numbers(case):
         4 * _layer_flops(65) + 2 * 64 * 192 * 32
     ) + 0.05
     assert result.clustering_ms > 0 and result.reconstruction_ms > 0
-    # The share is the replayed work over the timed forward: separately timed, so no bound below 1 holds on a busy
-    # machine; it must be their ratio.
-    overhead_ms = result.clustering_ms + result.reconstruction_ms
-    assert result.overhead_share == pytest.approx(overhead_ms / result.expedited_ms, rel=1e-6)
+    # The share is the median of the rounds' shares (the replays are timed alone, so no bound below 1 holds on a busy
+    # machine): within its interquartile range.
+    share_first, share_third = result.overhead_share_iqr
+    assert 0 < share_first <= result.overhead_share <= share_third
     assert result.vanilla_peak_mb > 0 and result.expedited_peak_mb > 0
     assert result.throughput_batch == 4 and result.throughput_ratio > 0
     assert 0 < result.output_relative_error < 1

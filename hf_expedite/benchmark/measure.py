@@ -11,7 +11,8 @@
   work; the CPU kernel of scaled-dot-product attention, which torch does not register, is added here.
 * Overhead: clustering (with the reconstruction weights) and reconstruction timed on their own, outside any
   profiler: one expedited forward records the inputs of every clustering point and of every reconstruction, which are
-  then replayed alone (median of the repeats); their share of the expedited forward's median latency is reported.
+  then replayed alone as two more entries of the same alternation. Their share of the expedited forward is the median
+  over the rounds of their time over the expedited forward's time in that round (paired, like the ratios).
 * Throughput: images per second at a larger batch, alternated the same way.
 * Peak memory: on CUDA the allocator's peak; on CPU the peak of tensor allocations seen by ``torch.profiler``
   (op granularity), both above what was allocated before the forward.
@@ -20,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import statistics
 import sys
@@ -48,31 +50,38 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.inference_mode()
-def alternated_latencies(
-    models: dict[str, nn.Module], inputs: dict[str, torch.Tensor], repeats: int = 5, warmup: int = 1
+def timed_rounds(
+    work: dict[str, Callable[[], Any]], device: torch.device, repeats: int = 5, warmup: int = 1
 ) -> dict[str, list[float]]:
-    """Seconds per forward of each model, measured in turns after ``warmup`` rounds. The order rotates from round to
-    round (A B C, B C A, C A B, ...), so that no model always runs after the same one (whose memory the allocator
-    has just released) and each takes every place equally often over a multiple of ``len(models)`` rounds."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    names = list(models)
+    """Seconds per call of each piece of ``work``, measured in turns after ``warmup`` rounds. The order rotates from
+    round to round (A B C, B C A, C A B, ...), so that nothing always runs after the same work (whose memory the
+    allocator has just released) and each takes every place equally often over a multiple of ``len(work)`` rounds."""
+    times: dict[str, list[float]] = {name: [] for name in work}
+    names = list(work)
     for round_index in range(warmup + repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            model = models[name]
-            device = _device(model)
             _synchronize(device)
             start = time.perf_counter()
-            model(**inputs)
+            work[name]()
             _synchronize(device)
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
 
 
-def round_ratios(times: dict[str, list[float]], numerator: str, denominator: str) -> list[float]:
-    """``numerator / denominator`` latency within each round of :func:`alternated_latencies`."""
-    return [top / bottom for top, bottom in zip(times[numerator], times[denominator], strict=True)]
+def alternated_latencies(
+    models: dict[str, nn.Module], inputs: dict[str, torch.Tensor], repeats: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per forward of each model on ``inputs``, the models run in turns (:func:`timed_rounds`)."""
+    forwards = {name: functools.partial(model, **inputs) for name, model in models.items()}
+    return timed_rounds(forwards, _device(next(iter(models.values()))), repeats, warmup)
+
+
+def round_ratios(times: dict[str, list[float]], numerator: str | tuple[str, ...], denominator: str) -> list[float]:
+    """``numerator / denominator`` time within each round of :func:`timed_rounds` (a tuple of names: their sum)."""
+    parts = [times[name] for name in ((numerator,) if isinstance(numerator, str) else numerator)]
+    return [sum(top) / bottom for *top, bottom in zip(*parts, times[denominator], strict=True)]
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -141,21 +150,10 @@ class _RecordedReconstruction:
         return self.reconstruction(reduced)
 
 
-def _median_seconds(work: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 1):  # the first run warms up
-        _synchronize(device)
-        start = time.perf_counter()
-        work()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
-
-
-@torch.inference_mode()
-def expedite_overhead(model: nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 5) -> dict[str, float]:
-    """Seconds spent per forward in ``clustering`` (centres and reconstruction weights, every clustering point) and in
-    ``reconstruction`` (every application), each replayed on its own on the inputs one forward gave it."""
+def overhead_replays(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, Callable[[], None]]:
+    """Replays of Expedite's own work in one forward of ``model`` on ``inputs``: ``clustering`` (centres and
+    reconstruction weights, every clustering point) and ``reconstruction`` (every application), each on the inputs
+    that forward gave it."""
     cluster = hourglass._cluster
     points: list[tuple[tuple, _RecordedReconstruction]] = []
 
@@ -164,16 +162,28 @@ def expedite_overhead(model: nn.Module, inputs: dict[str, torch.Tensor], repeats
         points.append((arguments, _RecordedReconstruction(reconstruction)))
         return centres, points[-1][1]
 
-    with mock.patch.object(hourglass, "_cluster", recording):
+    with torch.inference_mode(), mock.patch.object(hourglass, "_cluster", recording):
         model(**inputs)
-    device = _device(model)
-    clustering = sum(_median_seconds(lambda: cluster(*arguments), device, repeats) for arguments, _ in points)
-    reconstruction = sum(
-        _median_seconds(lambda: recorded.reconstruction(reduced), device, repeats)
-        for _, recorded in points
-        for reduced in recorded.applied
-    )
+
+    def clustering() -> None:
+        for arguments, _ in points:
+            cluster(*arguments)
+
+    def reconstruction() -> None:
+        for _, recorded in points:
+            for reduced in recorded.applied:
+                recorded.reconstruction(reduced)
+
     return {"clustering": clustering, "reconstruction": reconstruction}
+
+
+def expedite_overhead(
+    model: nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 5, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds per forward spent in ``clustering`` and ``reconstruction`` (:func:`overhead_replays`), the two
+    replayed in turns."""
+    times = timed_rounds(overhead_replays(model, inputs), _device(model), repeats, warmup)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 @torch.inference_mode()
@@ -217,7 +227,8 @@ class CaseResult:
     vanilla_gflops: float
     expedited_gflops: float
     flops_ratio: float
-    overhead_share: float
+    overhead_share: float  # median over rounds of (clustering + reconstruction) / expedited latency
+    overhead_share_iqr: tuple[float, float]  # its first and third quartile over the rounds
     clustering_ms: float
     reconstruction_ms: float
     output_relative_error: float
@@ -250,27 +261,29 @@ def run_case(
     with ``throughput_batch``, images per second at that batch size."""
     models = {"vanilla": case.vanilla.eval(), "expedited": case.expedited.eval()}
     timed = case.timed or {**models, "ideal": IdealModel(case.expedited)}
-    times = alternated_latencies(timed, case.inputs, repeats, warmup)
+    work = {name: functools.partial(model, **case.inputs) for name, model in timed.items()}
+    work.update(overhead_replays(case.expedited, case.inputs))
+    times = timed_rounds(work, _device(case.expedited), repeats, warmup)
     vanilla_s, expedited_s = statistics.median(times["vanilla"]), statistics.median(times["expedited"])
-    ideal_s = statistics.median(times["ideal"])
     ideal_first, ideal_ratio, ideal_third = quartiles(round_ratios(times, "ideal", "expedited"))
+    share_first, share, share_third = quartiles(round_ratios(times, ("clustering", "reconstruction"), "expedited"))
     flops = {name: count_flops(model, case.inputs) for name, model in models.items()}
-    overhead = expedite_overhead(case.expedited, case.inputs, repeats)
     result = CaseResult(
         name=case.name,
         description=case.description,
         vanilla_ms=vanilla_s * 1e3,
         expedited_ms=expedited_s * 1e3,
         speedup=statistics.median(round_ratios(times, "vanilla", "expedited")),
-        ideal_ms=ideal_s * 1e3,
+        ideal_ms=statistics.median(times["ideal"]) * 1e3,
         ratio_to_ideal=ideal_ratio,
         ratio_to_ideal_iqr=(ideal_first, ideal_third),
         vanilla_gflops=flops["vanilla"] / 1e9,
         expedited_gflops=flops["expedited"] / 1e9,
         flops_ratio=flops["expedited"] / flops["vanilla"],
-        overhead_share=(overhead["clustering"] + overhead["reconstruction"]) / expedited_s,
-        clustering_ms=overhead["clustering"] * 1e3,
-        reconstruction_ms=overhead["reconstruction"] * 1e3,
+        overhead_share=share,
+        overhead_share_iqr=(share_first, share_third),
+        clustering_ms=statistics.median(times["clustering"]) * 1e3,
+        reconstruction_ms=statistics.median(times["reconstruction"]) * 1e3,
         output_relative_error=output_relative_error(timed["vanilla"], timed["expedited"], case.inputs),
         vanilla_peak_mb=peak_memory(case.vanilla, case.inputs) / 2**20,
         expedited_peak_mb=peak_memory(case.expedited, case.inputs) / 2**20,

@@ -44,7 +44,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .clustering import centred, home_cells, take_rows, without_autocast
+from .clustering import home_cells, take_rows, without_autocast
 
 ReconstructionMode = Literal["knn", "hard"]
 ReconstructionNormalization = Literal["l1", "l2"]
@@ -336,16 +336,18 @@ class TokenReconstruction:
             )
         if mode == "knn":
             _check_knn(centres.shape[1], k, normalization)  # before any distance is computed
-        z, shift = centred(tokens)
-        s = centres.to(z.dtype) - shift
-        home = home_cells(grid, cluster_grid, z.device)
+        x = tokens.to(torch.promote_types(tokens.dtype, torch.float32))
+        shift = x.mean(1, keepdim=True)  # distances taken between centred tokens and centres (see `centred`)
+        s = centres.to(x.dtype) - shift
+        home = home_cells(grid, cluster_grid, x.device)
         centre_norms, canonical = s.square().sum(-1), first_identical(s)
         blocks = []
-        for rows in token_blocks(z.shape[1], z.shape[0], s.shape[1]):  # never the whole (B, N, M) at once
-            key, home_distances = home_first_keys(z[:, rows], s, home[rows], centre_norms, canonical)
+        for rows in token_blocks(x.shape[1], x.shape[0], s.shape[1]):  # never the whole (B, N, M) at once
+            z = x[:, rows] - shift  # centred block by block, never the whole (B, N, C) copy
+            key, home_distances = home_first_keys(z, s, home[rows], centre_norms, canonical)
             blocks.append(key.argmin(-1, keepdim=True) if mode == "hard" else kept_centres(key, k, home_distances))
         if mode == "hard":
-            reconstruction = hard_reconstruction(torch.cat(blocks, 1), s.shape[1], z.dtype)
+            reconstruction = hard_reconstruction(torch.cat(blocks, 1), s.shape[1], x.dtype)
         else:
             reconstruction = knn_weights(_concatenate(blocks), temperature, normalization, s.shape[1])
         if not residual:
