@@ -70,12 +70,16 @@ def timed_rounds(
     return times
 
 
+def forwards(models: dict[str, nn.Module], inputs: dict[str, torch.Tensor]) -> dict[str, Callable[[], Any]]:
+    """One forward of each model on ``inputs``, as work for :func:`timed_rounds`."""
+    return {name: functools.partial(model, **inputs) for name, model in models.items()}
+
+
 def alternated_latencies(
     models: dict[str, nn.Module], inputs: dict[str, torch.Tensor], repeats: int = 5, warmup: int = 1
 ) -> dict[str, list[float]]:
     """Seconds per forward of each model on ``inputs``, the models run in turns (:func:`timed_rounds`)."""
-    forwards = {name: functools.partial(model, **inputs) for name, model in models.items()}
-    return timed_rounds(forwards, _device(next(iter(models.values()))), repeats, warmup)
+    return timed_rounds(forwards(models, inputs), _device(next(iter(models.values()))), repeats, warmup)
 
 
 def round_ratios(times: dict[str, list[float]], numerator: str | tuple[str, ...], denominator: str) -> list[float]:
@@ -261,8 +265,7 @@ def run_case(
     with ``throughput_batch``, images per second at that batch size."""
     models = {"vanilla": case.vanilla.eval(), "expedited": case.expedited.eval()}
     timed = case.timed or {**models, "ideal": IdealModel(case.expedited)}
-    work = {name: functools.partial(model, **case.inputs) for name, model in timed.items()}
-    work.update(overhead_replays(case.expedited, case.inputs))
+    work = forwards(timed, case.inputs) | overhead_replays(case.expedited, case.inputs)
     times = timed_rounds(work, _device(case.expedited), repeats, warmup)
     vanilla_s, expedited_s = statistics.median(times["vanilla"]), statistics.median(times["expedited"])
     ideal_first, ideal_ratio, ideal_third = quartiles(round_ratios(times, "ideal", "expedited"))
