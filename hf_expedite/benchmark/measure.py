@@ -2,10 +2,10 @@
 
 * Latency: the vanilla, the expedited and the ideal model (:mod:`hf_expedite.benchmark.ideal`: tokens dropped and
   restored by index, the limit of the speed-up) run alternately in one process on the same inputs, in an order that
-  rotates every round, so all see the same machine state. The median latencies are reported; the speed-up and the
-  ratio to the ideal speed-up are the medians of the ratios within each round (paired: a burst of load on a shared
-  machine slows the models of one round together and leaves the ratio of that round nearly unchanged, where it
-  would move a ratio of medians), the ratio to ideal with its interquartile range over the rounds.
+  rotates every round, so a drift of the machine's state reaches all of them. The median latencies are reported; the speed-up and the
+  ratio to the ideal speed-up are the medians of the ratios within each round (paired: a slower spell of a shared
+  machine that lasts a round slows its models together, where it would move a ratio of medians; load that changes
+  within a forward is not cancelled), the ratio to ideal with its interquartile range over the rounds.
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per multiply-add (the paper's "GFLOPs"
   are multiply-adds, i.e. half of these). It counts matrix products, convolutions and attention, not element-wise
   work; the CPU kernel of scaled-dot-product attention, which torch does not register, is added here.
@@ -54,8 +54,8 @@ def timed_rounds(
     work: dict[str, Callable[[], Any]], device: torch.device, repeats: int = 5, warmup: int = 1
 ) -> dict[str, list[float]]:
     """Seconds per call of each piece of ``work``, measured in turns after ``warmup`` rounds. The order rotates from
-    round to round (A B C, B C A, C A B, ...), so that nothing always runs after the same work (whose memory the
-    allocator has just released) and each takes every place equally often over a multiple of ``len(work)`` rounds."""
+    round to round (A B C, B C A, C A B, ...), so that each takes every place in the round equally often over a
+    multiple of ``len(work)`` rounds."""
     times: dict[str, list[float]] = {name: [] for name in work}
     names = list(work)
     for round_index in range(warmup + repeats):
