@@ -2,10 +2,11 @@
 
 * Latency: the vanilla, the expedited and the ideal model (:mod:`hf_expedite.benchmark.ideal`: tokens dropped and
   restored by index, the limit of the speed-up) run alternately in one process on the same inputs, in an order that
-  rotates every round, so a drift of the machine's state reaches all of them. The median latencies are reported; the speed-up and the
-  ratio to the ideal speed-up are the medians of the ratios within each round (paired: a slower spell of a shared
-  machine that lasts a round slows its models together, where it would move a ratio of medians; load that changes
-  within a forward is not cancelled), the ratio to ideal with its interquartile range over the rounds.
+  rotates every round, so a drift of the machine's state reaches all of them. The median latencies are reported;
+  the speed-up and the ratio to the ideal speed-up are the medians of the ratios within each round (paired: a slower
+  spell of a shared machine that lasts a round slows its models together, where it would move a ratio of medians;
+  load that changes within a forward is not cancelled), the ratio to ideal with its interquartile range over the
+  rounds.
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per multiply-add (the paper's "GFLOPs"
   are multiply-adds, i.e. half of these). It counts matrix products, convolutions and attention, not element-wise
   work; the CPU kernel of scaled-dot-product attention, which torch does not register, is added here.
